@@ -1,0 +1,234 @@
+//! The validated configuration snapshot.
+//!
+//! Everything here is plain data produced by [`load_file`] or [`load_str`]: once a `Config` exists it has passed every
+//! check (paths exist, modes fit the global switches, sizes are sane), so the serving code never
+//! re-validates. A reload builds a whole new `Config` and swaps it in, or keeps the old one.
+
+mod units;
+mod yaml;
+
+pub use units::{format_duration, format_size, parse_duration, parse_size};
+pub use yaml::{load_file, load_str, ConfigError};
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The configuration `cargo run` serves when no file is given: http://127.0.0.1:5000, the sample
+/// page at `/`, echo at `/ws`, health at `/healthz`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/default.yaml");
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Where the file came from (`<embedded default>` for the built-in one); used in messages.
+    pub source: String,
+    pub listen: Vec<Listener>,
+    pub health_path: String,
+    /// `sample_page`: path the built-in echo test page is served at; absent: not served.
+    pub sample_page: Option<String>,
+    pub shutdown_grace: Duration,
+    /// `drain_delay`: after SIGTERM, how long listeners keep accepting while health says 503, so
+    /// load balancers notice before connections are refused. Counted within `shutdown_grace`.
+    pub drain_delay: Duration,
+    pub http: HttpOptions,
+    /// The global WebSocket defaults, before per-route overrides.
+    pub websockets: WsOptions,
+    /// `websockets.enabled`: false turns every upgrade on an upstream route into raw passthrough.
+    pub websockets_enabled: bool,
+    pub routes: Vec<Route>,
+    pub log: LogOptions,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Listener {
+    pub address: SocketAddr,
+    pub tls: Option<TlsOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsOptions {
+    /// In file order; the first is served when SNI names none of them.
+    pub certificates: Vec<CertificatePair>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct CertificatePair {
+    /// Resolved against the config file's directory; checked to exist at load time.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// Front-end protection against slow or silent clients and oversized requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpOptions {
+    /// `http.header_read_timeout`: whole request head (and the first byte) must arrive within it.
+    pub header_read_timeout: Duration,
+    /// `http.tls_handshake_timeout`.
+    pub tls_handshake_timeout: Duration,
+    /// `http.max_header_size`: request head larger than this gets 431.
+    pub max_header_size: usize,
+    /// `http.keep_alive`: HTTP/1.1 persistent connections.
+    pub keep_alive: bool,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_header_size: 16 * 1024,
+            keep_alive: true,
+        }
+    }
+}
+
+/// The ASP.NET Core WebSocketOptions and what a gateway adds to them. Global under
+/// `websockets:`, and every key may be repeated on a route to override it there.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsOptions {
+    /// `keep_alive_interval` (ASP.NET Core KeepAliveInterval); zero disables pings.
+    pub keep_alive_interval: Duration,
+    /// `keep_alive_timeout`: no frame from the peer this long after a ping closes it; zero disables.
+    pub keep_alive_timeout: Duration,
+    /// `receive_buffer_size` (ASP.NET Core ReceiveBufferSize): the most read from the socket at once.
+    pub receive_buffer_size: usize,
+    /// `max_message_size`: reassembled message limit; beyond it close 1009.
+    pub max_message_size: usize,
+    /// `allowed_origins`: empty allows every origin (the ASP.NET Core default).
+    pub allowed_origins: Vec<OriginPattern>,
+    /// `require_origin`: refuse upgrades that carry no Origin header.
+    pub require_origin: bool,
+    /// `close_timeout`: how long to wait for the peer's Close after sending ours.
+    pub close_timeout: Duration,
+}
+
+impl Default for WsOptions {
+    fn default() -> Self {
+        Self {
+            keep_alive_interval: Duration::from_secs(120),
+            keep_alive_timeout: Duration::from_secs(30),
+            receive_buffer_size: 4 * 1024,
+            max_message_size: 1024 * 1024,
+            allowed_origins: Vec::new(),
+            require_origin: false,
+            close_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// One entry of `allowed_origins`, already split so matching needs no parsing per request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginPattern {
+    /// Lowercase scheme, e.g. `https`.
+    pub scheme: String,
+    /// Lowercase host. With `wildcard`, the parent domain (`example.com` for `*.example.com`).
+    pub host: String,
+    /// Explicit or scheme-default port (80 for http/ws, 443 for https/wss).
+    pub port: u16,
+    /// `*.example.com`: matches strict subdomains only, never `example.com` itself.
+    pub wildcard: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WsMode {
+    /// wsgate answers the WebSocket itself.
+    Echo,
+    /// wsgate terminates the client's WebSocket and opens its own to an upstream.
+    Relay,
+    /// wsgate forwards the raw upgrade and tunnels bytes (the IIS `webSocket enabled="false"` switch).
+    Passthrough,
+    /// Upgrades on this route are refused (403 is not right: the route exists, WebSocket does not).
+    Reject,
+}
+
+impl WsMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WsMode::Echo => "echo",
+            WsMode::Relay => "relay",
+            WsMode::Passthrough => "passthrough",
+            WsMode::Reject => "reject",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastConnections,
+    IpHash,
+    Cookie,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Route {
+    /// Path prefix; matched on segment boundaries (`/chat` matches `/chat` and `/chat/x`, not `/chatter`).
+    pub path: String,
+    /// Optional host match: exact (`example.com`) or `*.example.com`, lowercase, no port.
+    pub host: Option<HostPattern>,
+    pub websocket: WsMode,
+    /// Empty for echo-only routes.
+    pub upstreams: Vec<Upstream>,
+    pub balance: Balance,
+    pub health_check: Option<HealthCheck>,
+    /// Echo picks the first one the client offers that is listed here.
+    pub subprotocols: Vec<String>,
+    /// `upstream_timeout`: connect + response head; beyond it 504.
+    pub upstream_timeout: Duration,
+    /// `ca`: PEM bundle that https upstreams are verified against instead of the system roots.
+    pub ca: Option<PathBuf>,
+    /// The global `websockets:` options with this route's overrides applied.
+    pub ws: WsOptions,
+    /// 1-based line of the route in the config file, for messages about it.
+    pub line: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPattern {
+    pub host: String,
+    pub wildcard: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Upstream {
+    /// As written, for logs and metrics.
+    pub url: String,
+    /// `https`/`wss` upstreams are reached over TLS.
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix of the URL (usually empty); prepended to the request path.
+    pub base_path: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub unhealthy_after: u32,
+    pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogOptions {
+    /// `log_level`: a tracing filter (`info`, `wsgate=debug`); `RUST_LOG` wins when set.
+    pub level: String,
+    /// `log_format`: text or json.
+    pub format: LogFormat,
+}
+
+impl Default for LogOptions {
+    fn default() -> Self {
+        Self {
+            level: "info".into(),
+            format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,1957 @@
+//! Turns the YAML file into a validated [`Config`].
+//!
+//! Two passes. First the event parser of `yaml-rust2` feeds a tiny tree builder, because its own
+//! `Yaml` document type drops positions and silently merges duplicate keys; our tree keeps the
+//! line and column of every node so each message can point at the exact spot. Then the tree is
+//! converted by hand, one mapping at a time, through [`Fields`], which refuses unknown keys up
+//! front so a misspelt key is reported as a typo rather than as the required key it was meant
+//! to be.
+
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
+
+use super::units::{format_size, parse_duration, parse_size};
+use super::{
+    Balance, CertificatePair, Config, HealthCheck, HostPattern, HttpOptions, Listener, LogFormat,
+    LogOptions, OriginPattern, Route, TlsOptions, Upstream, WsMode, WsOptions,
+};
+
+const KIB: usize = 1024;
+const MIB: usize = 1024 * KIB;
+const GIB: usize = 1024 * MIB;
+
+/// A configuration problem, located so an editor can jump to it.
+///
+/// Displayed as one line, `file:line:column: key: message`, the format compilers use, so
+/// terminals and editors make it clickable and log lines stay greppable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{file}:{line}:{column}: {key}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    /// 1-based.
+    pub line: usize,
+    /// 1-based.
+    pub column: usize,
+    /// Dotted path of the offending key (`routes[1].upstreams[0]`), or `(syntax)`, `(root)`,
+    /// `(file)` when no key applies.
+    pub key: String,
+    pub message: String,
+}
+
+/// Reads and loads a config file; relative `cert`, `key` and `ca` paths are taken relative to
+/// the file's directory so a config keeps working whatever directory wsgate is started from.
+pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
+    let source = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+        file: source.clone(),
+        line: 1,
+        column: 1,
+        key: "(file)".into(),
+        message: format!("cannot read the configuration file: {e}"),
+    })?;
+    load_str(&text, &source, path.parent().unwrap_or(Path::new("")))
+}
+
+/// Loads configuration text. `source` only names the text in messages and in `Config::source`;
+/// `base_dir` is what relative file paths are resolved against.
+pub fn load_str(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    parse_tree(text)
+        .and_then(|root| convert(&root, source, base_dir))
+        .map_err(|e| ConfigError {
+            file: source.to_string(),
+            ..e
+        })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The positioned tree
+// ---------------------------------------------------------------------------------------------
+
+/// 1-based line and column. Ordered so the builder can pick the earlier of two markers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    line: usize,
+    column: usize,
+}
+
+impl From<Marker> for Pos {
+    /// The scanner counts lines from 1 but columns from 0.
+    fn from(m: Marker) -> Self {
+        Pos {
+            line: m.line(),
+            column: m.col() + 1,
+        }
+    }
+}
+
+/// Builds an error without a file name; [`load_str`] fills that in once for all of them.
+fn error_at(pos: Pos, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        file: String::new(),
+        line: pos.line,
+        column: pos.column,
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+#[derive(Debug)]
+struct Node {
+    pos: Pos,
+    value: Value,
+}
+
+#[derive(Debug)]
+enum Value {
+    Null,
+    Bool(bool),
+    /// A plain scalar of digits only. Kept as text: the target type decides the range, and size
+    /// or duration fields read it like any other text (`0`, `4096`).
+    Int(String),
+    Str(String),
+    Seq(Vec<Node>),
+    Map(Vec<(Key, Node)>),
+}
+
+#[derive(Debug)]
+struct Key {
+    name: String,
+    pos: Pos,
+}
+
+/// Only the plain spellings of the YAML core schema's booleans and nulls are special: quoting
+/// is the one way to say "this is text", and `yes`/`on` stay text as in YAML 1.2.
+fn scalar_value(text: String, style: TScalarStyle) -> Value {
+    if style != TScalarStyle::Plain {
+        return Value::Str(text);
+    }
+    match text.as_str() {
+        "" | "~" | "null" => Value::Null,
+        "true" => Value::Bool(true),
+        "false" => Value::Bool(false),
+        t if t.bytes().all(|b| b.is_ascii_digit()) => Value::Int(text),
+        _ => Value::Str(text),
+    }
+}
+
+/// `parent.key`, or `key` at the top level.
+fn join(parent: &str, key: &str) -> String {
+    // Keys with line breaks would break the one-line message format, so those are quoted.
+    let key = if key.chars().any(char::is_control) {
+        format!("{key:?}")
+    } else {
+        key.to_string()
+    };
+    if parent.is_empty() {
+        key
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+enum Frame {
+    Seq {
+        pos: Pos,
+        items: Vec<Node>,
+    },
+    Map {
+        pos: Pos,
+        entries: Vec<(Key, Node)>,
+        /// Set between a key and its value.
+        key: Option<Key>,
+    },
+}
+
+/// Receives parser events and assembles [`Node`]s. The receiver interface cannot fail, so the
+/// first problem is parked in `error` and later events are ignored.
+#[derive(Default)]
+struct TreeBuilder {
+    stack: Vec<Frame>,
+    documents: usize,
+    root: Option<Node>,
+    error: Option<ConfigError>,
+}
+
+impl MarkedEventReceiver for TreeBuilder {
+    fn on_event(&mut self, event: Event, mark: Marker) {
+        if self.error.is_none() {
+            if let Err(e) = self.handle(event, mark.into()) {
+                self.error = Some(e);
+            }
+        }
+    }
+}
+
+impl TreeBuilder {
+    fn handle(&mut self, event: Event, pos: Pos) -> Result<(), ConfigError> {
+        match event {
+            Event::DocumentStart => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(error_at(
+                        pos,
+                        "(syntax)",
+                        "more than one YAML document (---); put the whole configuration in one",
+                    ));
+                }
+            }
+            Event::Alias(_) => {
+                return Err(self.error(
+                    pos,
+                    "aliases (*name) are not supported; write the value out",
+                ))
+            }
+            Event::Scalar(text, style, _, tag) => {
+                self.reject_tag(tag.is_some(), pos)?;
+                if self.expecting_key() {
+                    self.set_key(text, pos)?;
+                } else {
+                    // An empty value is reported by the parser wherever the next token starts,
+                    // often the following line; the key it belongs to is the useful position.
+                    let empty = text.is_empty() && style == TScalarStyle::Plain;
+                    let value = scalar_value(text, style);
+                    self.push(Node { pos, value }, empty);
+                }
+            }
+            Event::SequenceStart(..) | Event::MappingStart(..) if self.expecting_key() => {
+                return Err(self.error(pos, "only plain keys are supported, not lists or mappings"));
+            }
+            Event::SequenceStart(_, tag) => {
+                self.reject_tag(tag.is_some(), pos)?;
+                self.stack.push(Frame::Seq {
+                    pos,
+                    items: Vec::new(),
+                });
+            }
+            Event::MappingStart(_, tag) => {
+                self.reject_tag(tag.is_some(), pos)?;
+                self.stack.push(Frame::Map {
+                    pos,
+                    entries: Vec::new(),
+                    key: None,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let node = match self.stack.pop() {
+                    Some(Frame::Seq { pos, items }) => Node {
+                        pos,
+                        value: Value::Seq(items),
+                    },
+                    Some(Frame::Map { pos, entries, .. }) => Node {
+                        pos,
+                        value: Value::Map(entries),
+                    },
+                    None => return Ok(()),
+                };
+                self.push(node, false);
+            }
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+        }
+        Ok(())
+    }
+
+    fn reject_tag(&self, tagged: bool, pos: Pos) -> Result<(), ConfigError> {
+        if tagged {
+            return Err(self.error(
+                pos,
+                "YAML tags (!tag) are not supported; quote the value to make it a string",
+            ));
+        }
+        Ok(())
+    }
+
+    fn expecting_key(&self) -> bool {
+        matches!(self.stack.last(), Some(Frame::Map { key: None, .. }))
+    }
+
+    fn set_key(&mut self, name: String, key_pos: Pos) -> Result<(), ConfigError> {
+        let path = self.path();
+        let Some(Frame::Map { pos, entries, key }) = self.stack.last_mut() else {
+            return Ok(());
+        };
+        if let Some((first, _)) = entries.iter().find(|(k, _)| k.name == name) {
+            return Err(error_at(
+                key_pos,
+                join(&path, &name),
+                format!("duplicate key (first set at line {})", first.pos.line),
+            ));
+        }
+        // For block mappings the parser marks the start after the first key; the first key is
+        // where a reader sees the mapping begin.
+        if entries.is_empty() && key_pos < *pos {
+            *pos = key_pos;
+        }
+        *key = Some(Key { name, pos: key_pos });
+        Ok(())
+    }
+
+    fn push(&mut self, mut node: Node, empty: bool) {
+        match self.stack.last_mut() {
+            None => self.root = Some(node),
+            Some(Frame::Seq { items, .. }) => items.push(node),
+            Some(Frame::Map { entries, key, .. }) => {
+                if let Some(key) = key.take() {
+                    if empty {
+                        node.pos = key.pos;
+                    }
+                    entries.push((key, node));
+                }
+            }
+        }
+    }
+
+    /// Path of the node being built, the nearest thing to a key a syntax error can be given.
+    fn path(&self) -> String {
+        let mut path = String::new();
+        for frame in &self.stack {
+            match frame {
+                Frame::Seq { items, .. } => path = format!("{path}[{}]", items.len()),
+                Frame::Map { key: Some(k), .. } => path = join(&path, &k.name),
+                Frame::Map { key: None, .. } => {}
+            }
+        }
+        path
+    }
+
+    fn error(&self, pos: Pos, message: &str) -> ConfigError {
+        let path = self.path();
+        let key = if path.is_empty() {
+            "(syntax)".to_string()
+        } else {
+            path
+        };
+        error_at(pos, key, message)
+    }
+}
+
+fn parse_tree(text: &str) -> Result<Node, ConfigError> {
+    let mut builder = TreeBuilder::default();
+    let parsed: Result<(), ScanError> = Parser::new_from_str(text).load(&mut builder, true);
+    if let Some(e) = builder.error {
+        return Err(e);
+    }
+    if let Err(e) = parsed {
+        return Err(builder.error((*e.marker()).into(), e.info()));
+    }
+    match builder.root {
+        Some(root) if !matches!(root.value, Value::Null) => Ok(root),
+        _ => Err(error_at(
+            Pos { line: 1, column: 1 },
+            "(root)",
+            "empty configuration",
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading typed values out of the tree
+// ---------------------------------------------------------------------------------------------
+
+type Result<T, E = ConfigError> = std::result::Result<T, E>;
+
+/// A node and the dotted path that names it in messages.
+struct Field<'a> {
+    node: &'a Node,
+    path: String,
+}
+
+impl<'a> Field<'a> {
+    fn error(&self, message: impl Into<String>) -> ConfigError {
+        let key = if self.path.is_empty() {
+            "(root)"
+        } else {
+            &self.path
+        };
+        error_at(self.node.pos, key, message)
+    }
+
+    /// What was found, for "expected X, found Y" messages.
+    fn found(&self) -> String {
+        match &self.node.value {
+            Value::Null => "nothing".into(),
+            Value::Bool(b) => format!("the boolean {b} (quote it if you mean text)"),
+            Value::Int(n) => format!("the number {n}"),
+            Value::Str(s) => format!("the string {s:?}"),
+            Value::Seq(_) => "a list".into(),
+            Value::Map(_) => "a mapping".into(),
+        }
+    }
+
+    /// Numbers count as text here: a port-like `5000` or a size `4096` is still read as text by
+    /// the field's own parser, which gives the precise message.
+    fn text(&self, expected: &str) -> Result<&'a str> {
+        match &self.node.value {
+            Value::Str(s) | Value::Int(s) => Ok(s),
+            _ => Err(self.error(format!("expected {expected}, found {}", self.found()))),
+        }
+    }
+
+    fn string(&self) -> Result<String> {
+        let s = self.text("a string")?;
+        if s.trim().is_empty() {
+            return Err(self.error("must not be empty"));
+        }
+        Ok(s.to_string())
+    }
+
+    /// Runs one of the plain-text parsers (units, URLs, paths) and locates its message here.
+    fn parse<T>(&self, parser: impl FnOnce(&str) -> Result<T, String>) -> Result<T> {
+        parser(self.text("a string")?).map_err(|m| self.error(m))
+    }
+
+    fn bool(&self) -> Result<bool> {
+        match self.node.value {
+            Value::Bool(b) => Ok(b),
+            _ => Err(self.error(format!("expected true or false, found {}", self.found()))),
+        }
+    }
+
+    /// A threshold such as `unhealthy_after`: zero would mean "before any probe", so 1 is the
+    /// smallest meaningful value.
+    fn count(&self) -> Result<u32> {
+        let expected = "a whole number of at least 1";
+        match &self.node.value {
+            Value::Int(n) => match n.parse::<u32>() {
+                Ok(n) if n >= 1 => Ok(n),
+                _ => Err(self.error(format!("expected {expected}, found {n}"))),
+            },
+            _ => Err(self.error(format!("expected {expected}, found {}", self.found()))),
+        }
+    }
+
+    fn duration(&self) -> Result<Duration> {
+        parse_duration(self.text("a duration such as 30s")?).map_err(|m| self.error(m))
+    }
+
+    /// For timeouts, where zero would fail every request instead of disabling anything.
+    fn nonzero_duration(&self) -> Result<Duration> {
+        let d = self.duration()?;
+        if d.is_zero() {
+            return Err(self.error("must be longer than 0"));
+        }
+        Ok(d)
+    }
+
+    /// A size within `range`; `why` explains a bound that is not obvious.
+    fn size_in(&self, range: RangeInclusive<usize>, why: &str) -> Result<usize> {
+        let n = parse_size(self.text("a size such as 64KiB")?).map_err(|m| self.error(m))?;
+        if !range.contains(&n) {
+            return Err(self.error(format!(
+                "{} is out of range: must be between {} and {}{why}",
+                format_size(n),
+                format_size(*range.start()),
+                format_size(*range.end()),
+            )));
+        }
+        Ok(n)
+    }
+
+    /// One of a fixed set of words.
+    fn choice<T: Copy>(&self, options: &[(&str, T)]) -> Result<T> {
+        let s = self.text("a string")?;
+        match options.iter().find(|(name, _)| *name == s) {
+            Some((_, value)) => Ok(*value),
+            None => {
+                let names: Vec<&str> = options.iter().map(|(name, _)| *name).collect();
+                Err(self.error(format!(
+                    "invalid value {s:?} (expected one of: {})",
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+
+    fn items(&self) -> Result<Vec<Field<'a>>> {
+        match &self.node.value {
+            Value::Seq(items) => Ok(items
+                .iter()
+                .enumerate()
+                .map(|(i, node)| Field {
+                    node,
+                    path: format!("{}[{i}]", self.path),
+                })
+                .collect()),
+            _ => Err(self.error(format!("expected a list, found {}", self.found()))),
+        }
+    }
+
+    fn list<T>(&self, item: impl FnMut(&Field<'a>) -> Result<T>) -> Result<Vec<T>> {
+        self.items()?.iter().map(item).collect()
+    }
+
+    /// `allowed` is given in groups so shared key sets (the WebSocket options) are listed once.
+    fn map(&self, allowed: &[&[&'static str]]) -> Result<Fields<'a>> {
+        Fields::new(self, allowed.concat())
+    }
+}
+
+/// One mapping whose keys have all been checked against the allowed set, so reading a key is a
+/// plain lookup and an absent key simply means "use the default".
+struct Fields<'a> {
+    node: &'a Node,
+    path: String,
+    entries: &'a [(Key, Node)],
+    allowed: Vec<&'static str>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(field: &Field<'a>, allowed: Vec<&'static str>) -> Result<Self> {
+        let Value::Map(entries) = &field.node.value else {
+            return Err(field.error(format!("expected a mapping, found {}", field.found())));
+        };
+        if let Some((key, _)) = entries
+            .iter()
+            .find(|(k, _)| !allowed.contains(&k.name.as_str()))
+        {
+            return Err(error_at(
+                key.pos,
+                join(&field.path, &key.name),
+                format!("unknown key (allowed here: {})", allowed.join(", ")),
+            ));
+        }
+        Ok(Fields {
+            node: field.node,
+            path: field.path.clone(),
+            entries,
+            allowed,
+        })
+    }
+
+    /// The value of `key`, or `None` when it is absent or null: null means "default".
+    fn get(&self, key: &str) -> Option<Field<'a>> {
+        debug_assert!(
+            self.allowed.contains(&key),
+            "{key} is not in the allowed list"
+        );
+        self.entries
+            .iter()
+            .find(|(k, node)| k.name == key && !matches!(node.value, Value::Null))
+            .map(|(_, node)| Field {
+                node,
+                path: join(&self.path, key),
+            })
+    }
+
+    /// A missing key is reported at the mapping that should contain it; a key present with no
+    /// value at the key itself.
+    fn required(&self, key: &str) -> Result<Field<'a>> {
+        if let Some(field) = self.get(key) {
+            return Ok(field);
+        }
+        let path = join(&self.path, key);
+        match self.entries.iter().find(|(k, _)| k.name == key) {
+            Some((k, _)) => Err(error_at(k.pos, path, "needs a value")),
+            None => Err(error_at(self.node.pos, path, "missing required key")),
+        }
+    }
+
+    fn opt<T>(&self, key: &str, read: impl FnOnce(&Field<'a>) -> Result<T>) -> Result<Option<T>> {
+        self.get(key).map(|field| read(&field)).transpose()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The schema
+// ---------------------------------------------------------------------------------------------
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "health_path",
+    "sample_page",
+    "shutdown_grace",
+    "drain_delay",
+    "log_level",
+    "log_format",
+    "http",
+    "websockets",
+    "routes",
+];
+const LISTEN_KEYS: &[&str] = &["address", "tls"];
+const TLS_KEYS: &[&str] = &["certificates"];
+const CERT_KEYS: &[&str] = &["cert", "key"];
+const HTTP_KEYS: &[&str] = &[
+    "header_read_timeout",
+    "tls_handshake_timeout",
+    "max_header_size",
+    "keep_alive",
+];
+/// Accepted both under `websockets:` and on each route.
+const WS_KEYS: &[&str] = &[
+    "keep_alive_interval",
+    "keep_alive_timeout",
+    "close_timeout",
+    "receive_buffer_size",
+    "max_message_size",
+    "allowed_origins",
+    "require_origin",
+];
+const ROUTE_KEYS: &[&str] = &[
+    "path",
+    "host",
+    "websocket",
+    "upstreams",
+    "balance",
+    "health_check",
+    "subprotocols",
+    "upstream_timeout",
+    "ca",
+];
+const HEALTH_KEYS: &[&str] = &[
+    "path",
+    "interval",
+    "timeout",
+    "unhealthy_after",
+    "healthy_after",
+];
+
+const MODES: &[(&str, WsMode)] = &[
+    ("echo", WsMode::Echo),
+    ("relay", WsMode::Relay),
+    ("passthrough", WsMode::Passthrough),
+    ("reject", WsMode::Reject),
+];
+const BALANCES: &[(&str, Balance)] = &[
+    ("round_robin", Balance::RoundRobin),
+    ("least_connections", Balance::LeastConnections),
+    ("ip_hash", Balance::IpHash),
+    ("cookie", Balance::Cookie),
+];
+const LOG_FORMATS: &[(&str, LogFormat)] = &[("text", LogFormat::Text), ("json", LogFormat::Json)];
+
+fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
+    let top = Field {
+        node: root,
+        path: String::new(),
+    }
+    .map(&[TOP_KEYS])?;
+
+    let (websockets, websockets_enabled) = top
+        .opt("websockets", |f| {
+            let map = f.map(&[&["enabled"], WS_KEYS])?;
+            let enabled = map.opt("enabled", Field::bool)?.unwrap_or(true);
+            Ok((ws_options(&map, &WsOptions::default())?, enabled))
+        })?
+        .unwrap_or_else(|| (WsOptions::default(), true));
+
+    let log_defaults = LogOptions::default();
+    Ok(Config {
+        source: source.to_string(),
+        listen: listeners(&top.required("listen")?, base_dir)?,
+        health_path: top
+            .opt("health_path", |f| f.parse(url_path))?
+            .unwrap_or_else(|| "/healthz".into()),
+        sample_page: top.opt("sample_page", |f| f.parse(url_path))?,
+        shutdown_grace: top
+            .opt("shutdown_grace", Field::duration)?
+            .unwrap_or(Duration::from_secs(30)),
+        drain_delay: top
+            .opt("drain_delay", Field::duration)?
+            .unwrap_or(Duration::ZERO),
+        http: top.opt("http", http_options)?.unwrap_or_default(),
+        routes: top
+            .opt("routes", |f| {
+                routes(f, &websockets, websockets_enabled, base_dir)
+            })?
+            .unwrap_or_default(),
+        websockets,
+        websockets_enabled,
+        log: LogOptions {
+            level: top
+                .opt("log_level", Field::string)?
+                .unwrap_or(log_defaults.level),
+            format: top
+                .opt("log_format", |f| f.choice(LOG_FORMATS))?
+                .unwrap_or(log_defaults.format),
+        },
+    })
+}
+
+fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
+    let items = field.items()?;
+    if items.is_empty() {
+        return Err(field.error("at least one listener is required"));
+    }
+    let mut listeners: Vec<(Listener, usize)> = Vec::new();
+    for item in &items {
+        let map = item.map(&[LISTEN_KEYS])?;
+        let address_field = map.required("address")?;
+        let address = address_field.parse(listen_address)?;
+        // Port 0 asks the OS for a fresh port each time, so two of them never collide.
+        if address.port() != 0 {
+            if let Some((_, line)) = listeners.iter().find(|(l, _)| l.address == address) {
+                return Err(address_field.error(format!(
+                    "duplicate listen address {address} (already listed at line {line})"
+                )));
+            }
+        }
+        let tls = map.opt("tls", |f| tls_options(f, base_dir))?;
+        listeners.push((Listener { address, tls }, address_field.node.pos.line));
+    }
+    Ok(listeners.into_iter().map(|(l, _)| l).collect())
+}
+
+/// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
+/// never depends on resolver order (which may yield ::1 first) to decide where it listens.
+fn listen_address(s: &str) -> Result<SocketAddr, String> {
+    let invalid = || {
+        format!("invalid listen address {s:?} (use ip:port, e.g. 127.0.0.1:8080, [::1]:8080 or localhost:8080)")
+    };
+    match s.strip_prefix("localhost:") {
+        Some(port) => port
+            .parse::<u16>()
+            .map(|port| SocketAddr::from((Ipv4Addr::LOCALHOST, port)))
+            .map_err(|_| invalid()),
+        None => s.parse().map_err(|_| invalid()),
+    }
+}
+
+fn tls_options(field: &Field, base_dir: &Path) -> Result<TlsOptions> {
+    let map = field.map(&[TLS_KEYS])?;
+    let list = map.required("certificates")?;
+    let items = list.items()?;
+    if items.is_empty() {
+        return Err(list.error("at least one certificate is required"));
+    }
+    let certificates = items
+        .iter()
+        .map(|item| {
+            let pair = item.map(&[CERT_KEYS])?;
+            Ok(CertificatePair {
+                cert: existing_file(&pair.required("cert")?, base_dir, "certificate")?,
+                key: existing_file(&pair.required("key")?, base_dir, "private key")?,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(TlsOptions { certificates })
+}
+
+/// Checked at load time so a typo in a path fails the (re)load with a position, instead of the
+/// first TLS handshake failing with a bare I/O error.
+fn existing_file(field: &Field, base_dir: &Path, what: &str) -> Result<PathBuf> {
+    let path = base_dir.join(field.string()?);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(path),
+        Ok(_) => Err(field.error(format!("{what} path is not a file: {}", path.display()))),
+        Err(_) => Err(field.error(format!("{what} file not found: {}", path.display()))),
+    }
+}
+
+fn http_options(field: &Field) -> Result<HttpOptions> {
+    let map = field.map(&[HTTP_KEYS])?;
+    let d = HttpOptions::default();
+    Ok(HttpOptions {
+        header_read_timeout: map
+            .opt("header_read_timeout", Field::nonzero_duration)?
+            .unwrap_or(d.header_read_timeout),
+        tls_handshake_timeout: map
+            .opt("tls_handshake_timeout", Field::nonzero_duration)?
+            .unwrap_or(d.tls_handshake_timeout),
+        max_header_size: map
+            .opt("max_header_size", |f| {
+                f.size_in(8 * KIB..=MIB, " (hyper's smallest read buffer is 8KiB)")
+            })?
+            .unwrap_or(d.max_header_size),
+        keep_alive: map.opt("keep_alive", Field::bool)?.unwrap_or(d.keep_alive),
+    })
+}
+
+/// Shared by `websockets:` (over the built-in defaults) and routes (over the global values), so
+/// a route override can only ever mean the same thing as the global key.
+fn ws_options(map: &Fields, base: &WsOptions) -> Result<WsOptions> {
+    Ok(WsOptions {
+        keep_alive_interval: map
+            .opt("keep_alive_interval", Field::duration)?
+            .unwrap_or(base.keep_alive_interval),
+        keep_alive_timeout: map
+            .opt("keep_alive_timeout", Field::duration)?
+            .unwrap_or(base.keep_alive_timeout),
+        close_timeout: map
+            .opt("close_timeout", Field::duration)?
+            .unwrap_or(base.close_timeout),
+        receive_buffer_size: map
+            .opt("receive_buffer_size", |f| f.size_in(256..=16 * MIB, ""))?
+            .unwrap_or(base.receive_buffer_size),
+        max_message_size: map
+            .opt("max_message_size", |f| {
+                f.size_in(125..=GIB, " (control frames carry up to 125 bytes)")
+            })?
+            .unwrap_or(base.max_message_size),
+        allowed_origins: map
+            .opt("allowed_origins", |f| {
+                f.list(|item| item.parse(origin_pattern))
+            })?
+            .unwrap_or_else(|| base.allowed_origins.clone()),
+        require_origin: map
+            .opt("require_origin", Field::bool)?
+            .unwrap_or(base.require_origin),
+    })
+}
+
+fn routes(field: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Result<Vec<Route>> {
+    let mut routes: Vec<Route> = Vec::new();
+    for (i, item) in field.items()?.iter().enumerate() {
+        let route = route(item, global, enabled, base_dir)?;
+        if let Some(first) = routes
+            .iter()
+            .position(|r| r.host == route.host && r.path == route.path)
+        {
+            let host = route.host.as_ref().map_or_else(
+                || "any host".to_string(),
+                |h| format!("host {}{}", if h.wildcard { "*." } else { "" }, h.host),
+            );
+            return Err(item.error(format!(
+                "duplicate route: path {} on {host} is already routed by routes[{first}] (line {}); routes[{i}] would never match",
+                route.path, routes[first].line
+            )));
+        }
+        routes.push(route);
+    }
+    Ok(routes)
+}
+
+fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Result<Route> {
+    let map = item.map(&[ROUTE_KEYS, WS_KEYS])?;
+    let path = map.required("path")?.parse(url_path)?;
+    let host = map.opt("host", |f| f.parse(host_pattern))?;
+    let upstreams = map
+        .opt("upstreams", |f| f.list(|u| u.parse(upstream)))?
+        .unwrap_or_default();
+
+    let websocket = match map.get("websocket") {
+        Some(field) => {
+            let mode = field.choice(MODES)?;
+            if !enabled && matches!(mode, WsMode::Echo | WsMode::Relay) {
+                return Err(field.error(format!(
+                    "websockets.enabled is false: wsgate does no WebSocket processing, so this route cannot {}; use passthrough or reject",
+                    mode.as_str()
+                )));
+            }
+            if matches!(mode, WsMode::Relay | WsMode::Passthrough) && upstreams.is_empty() {
+                return Err(item.error(format!(
+                    "websocket: {} needs upstreams to forward to",
+                    mode.as_str()
+                )));
+            }
+            mode
+        }
+        None => match (upstreams.is_empty(), enabled) {
+            (true, true) => WsMode::Echo,
+            (false, true) => WsMode::Relay,
+            (false, false) => WsMode::Passthrough,
+            (true, false) => {
+                return Err(item.error(
+                    "websockets.enabled is false and this route has no upstreams, so it has nothing to serve; add upstreams or set websocket: reject",
+                ))
+            }
+        },
+    };
+
+    let health_check = match map.get("health_check") {
+        Some(field) if upstreams.is_empty() => {
+            return Err(field.error("a health check needs upstreams to check"))
+        }
+        Some(field) => Some(health_check(&field)?),
+        None => None,
+    };
+
+    Ok(Route {
+        path,
+        host,
+        websocket,
+        upstreams,
+        balance: map
+            .opt("balance", |f| f.choice(BALANCES))?
+            .unwrap_or(Balance::RoundRobin),
+        health_check,
+        subprotocols: map
+            .opt("subprotocols", |f| f.list(|p| p.parse(token)))?
+            .unwrap_or_default(),
+        upstream_timeout: map
+            .opt("upstream_timeout", Field::nonzero_duration)?
+            .unwrap_or(Duration::from_secs(30)),
+        ca: map.opt("ca", |f| existing_file(f, base_dir, "CA"))?,
+        ws: ws_options(&map, global)?,
+        line: item.node.pos.line,
+    })
+}
+
+fn health_check(field: &Field) -> Result<HealthCheck> {
+    let map = field.map(&[HEALTH_KEYS])?;
+    let check = HealthCheck {
+        path: map.required("path")?.parse(url_path)?,
+        interval: map
+            .opt("interval", Field::nonzero_duration)?
+            .unwrap_or(Duration::from_secs(5)),
+        timeout: map
+            .opt("timeout", Field::nonzero_duration)?
+            .unwrap_or(Duration::from_secs(2)),
+        unhealthy_after: map.opt("unhealthy_after", Field::count)?.unwrap_or(3),
+        healthy_after: map.opt("healthy_after", Field::count)?.unwrap_or(2),
+    };
+    // Probes do not overlap, so a timeout beyond the interval would silently stretch it.
+    if check.timeout > check.interval {
+        let at = map.get("timeout").or_else(|| map.get("interval"));
+        return Err(at.as_ref().unwrap_or(field).error(format!(
+            "timeout ({}) must not be longer than interval ({})",
+            super::format_duration(check.timeout),
+            super::format_duration(check.interval)
+        )));
+    }
+    Ok(check)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value syntaxes
+// ---------------------------------------------------------------------------------------------
+
+/// Request paths (`path`, `health_path`, ...). A `?` or `#` could never match a request path,
+/// so it is refused rather than left as a route that silently never matches.
+fn url_path(s: &str) -> Result<String, String> {
+    if !s.starts_with('/') {
+        return Err(format!("invalid path {s:?}: must start with /"));
+    }
+    if s.chars()
+        .any(|c| c.is_whitespace() || c.is_control() || c == '?' || c == '#')
+    {
+        return Err(format!(
+            "invalid path {s:?}: spaces, query strings (?) and fragments (#) are not allowed"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// RFC 7230 `token`, the syntax of `Sec-WebSocket-Protocol` values.
+fn token(s: &str) -> Result<String, String> {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if s.is_empty() || !s.chars().all(tchar) {
+        return Err(format!(
+            "invalid subprotocol {s:?}: must be an HTTP token (letters, digits and !#$%&'*+-.^_`|~, no spaces or commas)"
+        ));
+    }
+    Ok(s.to_string())
+}
+
+/// DNS-style names only (letters, digits, `-`, `_`, dots between non-empty labels); IPv4
+/// literals pass too. Rejecting everything else catches pasted URLs and stray ports early.
+fn check_hostname(host: &str, whole: &str) -> Result<(), String> {
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    };
+    if host.len() > 253 || !host.split('.').all(label_ok) {
+        return Err(format!("invalid host name {host:?} in {whole:?}"));
+    }
+    Ok(())
+}
+
+fn host_pattern(s: &str) -> Result<HostPattern, String> {
+    if s.contains("://") {
+        return Err(format!(
+            "host {s:?} must be a bare host name, without a scheme"
+        ));
+    }
+    if s.contains(':') {
+        return Err(format!(
+            "host {s:?} must not include a port (routes match on the host name only)"
+        ));
+    }
+    let lower = s.to_ascii_lowercase();
+    let (wildcard, host) = match lower.strip_prefix("*.") {
+        Some(parent) => (true, parent),
+        None => (false, lower.as_str()),
+    };
+    check_hostname(host, s)?;
+    Ok(HostPattern {
+        host: host.to_string(),
+        wildcard,
+    })
+}
+
+/// The parts of `scheme://host[:port]rest` shared by upstream URLs and origin patterns.
+struct UrlParts<'s> {
+    /// Lowercase.
+    scheme: String,
+    /// Lowercase; IPv6 literals without their brackets, so the host can be handed to a socket
+    /// connect or a TLS server name as is.
+    host: String,
+    ipv6: bool,
+    port: Option<u16>,
+    /// Everything after the authority: empty or starting with `/`, `?` or `#`.
+    rest: &'s str,
+}
+
+fn split_url(s: &str) -> Result<UrlParts<'_>, String> {
+    let Some((scheme, after)) = s.split_once("://") else {
+        return Err(format!(
+            "{s:?} is not a URL (expected scheme://host[:port])"
+        ));
+    };
+    let end = after.find(['/', '?', '#']).unwrap_or(after.len());
+    let (authority, rest) = after.split_at(end);
+    if authority.contains('@') {
+        return Err(format!("user names and passwords are not allowed in {s:?}"));
+    }
+    let (host, ipv6, port) = match authority.strip_prefix('[') {
+        Some(bracketed) => {
+            let (addr, after_addr) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("missing ] after the IPv6 address in {s:?}"))?;
+            addr.parse::<Ipv6Addr>()
+                .map_err(|_| format!("invalid IPv6 address {addr:?} in {s:?}"))?;
+            let port = match after_addr {
+                "" => None,
+                _ => Some(after_addr.strip_prefix(':').ok_or_else(|| {
+                    format!("unexpected {after_addr:?} after the IPv6 address in {s:?}")
+                })?),
+            };
+            (addr, true, port)
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, false, Some(port)),
+            None => (authority, false, None),
+        },
+    };
+    if host.is_empty() {
+        return Err(format!("missing host in {s:?}"));
+    }
+    let port = port
+        .map(|p| match p.parse::<u16>() {
+            Ok(port) if port != 0 && p.bytes().all(|b| b.is_ascii_digit()) => Ok(port),
+            _ => Err(format!("invalid port {p:?} in {s:?}")),
+        })
+        .transpose()?;
+    Ok(UrlParts {
+        scheme: scheme.to_ascii_lowercase(),
+        host: host.to_ascii_lowercase(),
+        ipv6,
+        port,
+        rest,
+    })
+}
+
+/// ws/wss are accepted as spellings of http/https because wsgate speaks HTTP to every upstream
+/// first (the upgrade is an HTTP request); only the TLS bit survives.
+fn upstream(s: &str) -> Result<Upstream, String> {
+    let url = split_url(s)?;
+    let tls = match url.scheme.as_str() {
+        "http" | "ws" => false,
+        "https" | "wss" => true,
+        other => {
+            return Err(format!(
+                "unsupported scheme {other:?} in {s:?} (use http, https, ws or wss)"
+            ))
+        }
+    };
+    if !url.ipv6 {
+        check_hostname(&url.host, s)?;
+    }
+    if url.rest.contains(['?', '#']) {
+        return Err(format!(
+            "query strings and fragments are not allowed in upstream URLs: {s:?}"
+        ));
+    }
+    if url
+        .rest
+        .chars()
+        .any(|c| c.is_whitespace() || c.is_control())
+    {
+        return Err(format!("spaces are not allowed in upstream URLs: {s:?}"));
+    }
+    Ok(Upstream {
+        url: s.to_string(),
+        tls,
+        host: url.host,
+        port: url.port.unwrap_or(if tls { 443 } else { 80 }),
+        base_path: url.rest.trim_end_matches('/').to_string(),
+    })
+}
+
+fn origin_pattern(s: &str) -> Result<OriginPattern, String> {
+    if s.trim() == "*" {
+        return Err("\"*\" is not an origin; use an empty list to allow every origin".to_string());
+    }
+    let url = split_url(s)?;
+    let default_port = match url.scheme.as_str() {
+        "http" | "ws" => 80,
+        "https" | "wss" => 443,
+        other => {
+            return Err(format!(
+                "unsupported scheme {other:?} in origin {s:?} (use http or https)"
+            ))
+        }
+    };
+    // An Origin header never carries a path; a lone trailing slash is a harmless habit.
+    if !url.rest.is_empty() && url.rest != "/" {
+        return Err(format!(
+            "an origin is scheme://host[:port] without a path: {s:?}"
+        ));
+    }
+    let (wildcard, host) = match url.host.strip_prefix("*.") {
+        Some(parent) if !url.ipv6 => (true, parent.to_string()),
+        _ => (false, url.host.clone()),
+    };
+    if !url.ipv6 {
+        check_hostname(&host, s)?;
+    }
+    Ok(OriginPattern {
+        scheme: url.scheme,
+        host,
+        port: url.port.unwrap_or(default_port),
+        wildcard,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn load(yaml: &str) -> Result<Config> {
+        load_str(yaml, "test.yaml", Path::new(""))
+    }
+
+    fn err(yaml: &str) -> ConfigError {
+        match load(yaml) {
+            Ok(config) => panic!("expected an error, got {config:#?}"),
+            Err(e) => e,
+        }
+    }
+
+    /// Asserts the position and key exactly and that the message mentions `needle`.
+    fn assert_err(e: &ConfigError, line: usize, column: usize, key: &str, needle: &str) {
+        assert_eq!(
+            (e.line, e.column, e.key.as_str()),
+            (line, column, key),
+            "wrong location in: {e}"
+        );
+        assert!(e.message.contains(needle), "{needle:?} not in: {e}");
+    }
+
+    const LISTEN: &str = "listen:\n  - address: 127.0.0.1:8080\n";
+
+    /// `LISTEN` (two lines) followed by `rest`, so `rest`'s line 1 is the file's line 3.
+    fn with_listen(rest: &str) -> String {
+        format!("{LISTEN}{rest}")
+    }
+
+    /// A directory under the system temp dir, removed on drop; no tempfile crate needed.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "wsgate-config-test-{}-{}",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.0.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn embedded_default() {
+        let c = load_str(
+            super::super::EMBEDDED_DEFAULT,
+            "<embedded default>",
+            Path::new(""),
+        )
+        .unwrap();
+        assert_eq!(c.source, "<embedded default>");
+        assert_eq!(c.listen.len(), 1);
+        assert_eq!(c.listen[0].address, "127.0.0.1:5000".parse().unwrap());
+        assert_eq!(c.listen[0].tls, None);
+        assert_eq!(c.health_path, "/healthz");
+        assert_eq!(c.sample_page.as_deref(), Some("/"));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert!(c.websockets_enabled);
+        assert_eq!(c.websockets, WsOptions::default());
+        assert_eq!(c.http, HttpOptions::default());
+        assert_eq!(c.log, LogOptions::default());
+        assert_eq!(c.routes.len(), 1);
+        let r = &c.routes[0];
+        assert_eq!(
+            (r.path.as_str(), r.websocket, r.line),
+            ("/ws", WsMode::Echo, 16)
+        );
+        assert!(r.upstreams.is_empty());
+        assert_eq!(r.ws, WsOptions::default());
+    }
+
+    #[test]
+    fn minimal_file_gets_every_default() {
+        let c = load(LISTEN).unwrap();
+        assert_eq!(c.health_path, "/healthz");
+        assert_eq!(c.sample_page, None);
+        assert_eq!(c.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(c.http, HttpOptions::default());
+        assert_eq!(c.websockets, WsOptions::default());
+        assert!(c.websockets_enabled);
+        assert!(c.routes.is_empty());
+        assert_eq!(c.log, LogOptions::default());
+    }
+
+    #[test]
+    fn full_file_with_every_key() {
+        let dir = TempDir::new();
+        dir.file("cert.pem", "cert");
+        dir.file("key.pem", "key");
+        dir.file("ca.pem", "ca");
+        let path = dir.file(
+            "wsgate.yaml",
+            r#"
+listen:
+  - address: 0.0.0.0:80
+  - address: "[::1]:8443"
+    tls:
+      certificates:
+        - cert: cert.pem
+          key: key.pem
+health_path: /health
+sample_page: /test
+shutdown_grace: 5s
+log_level: wsgate=debug
+log_format: json
+http:
+  header_read_timeout: 3s
+  tls_handshake_timeout: 4s
+  max_header_size: 32KiB
+  keep_alive: false
+websockets:
+  enabled: true
+  keep_alive_interval: 1m
+  keep_alive_timeout: 10s
+  close_timeout: 2s
+  receive_buffer_size: 8KiB
+  max_message_size: 2MiB
+  allowed_origins:
+    - https://app.example.com
+  require_origin: true
+routes:
+  - path: /chat
+    host: Chat.Example.com
+    websocket: relay
+    upstreams:
+      - ws://10.0.0.1:9000
+      - wss://backend.internal/socket/
+    balance: least_connections
+    health_check:
+      path: /ready
+      interval: 10s
+      timeout: 1s
+      unhealthy_after: 5
+      healthy_after: 1
+    subprotocols: [chat.v2, json]
+    upstream_timeout: 15s
+    ca: ca.pem
+    keep_alive_interval: 0
+    keep_alive_timeout: 0
+    close_timeout: 500ms
+    receive_buffer_size: 1024
+    max_message_size: 64KiB
+    allowed_origins: ["https://*.example.com:8443"]
+    require_origin: false
+"#,
+        );
+        let c = load_file(&path).unwrap();
+        assert_eq!(c.source, path.display().to_string());
+        assert_eq!(
+            c.listen[0],
+            Listener {
+                address: "0.0.0.0:80".parse().unwrap(),
+                tls: None
+            }
+        );
+        assert_eq!(c.listen[1].address, "[::1]:8443".parse().unwrap());
+        let tls = c.listen[1].tls.as_ref().unwrap();
+        assert_eq!(
+            tls.certificates,
+            vec![CertificatePair {
+                cert: dir.0.join("cert.pem"),
+                key: dir.0.join("key.pem")
+            }]
+        );
+        assert_eq!(c.health_path, "/health");
+        assert_eq!(c.sample_page.as_deref(), Some("/test"));
+        assert_eq!(c.shutdown_grace, Duration::from_secs(5));
+        assert_eq!(
+            c.log,
+            LogOptions {
+                level: "wsgate=debug".into(),
+                format: LogFormat::Json
+            }
+        );
+        assert_eq!(
+            c.http,
+            HttpOptions {
+                header_read_timeout: Duration::from_secs(3),
+                tls_handshake_timeout: Duration::from_secs(4),
+                max_header_size: 32 * 1024,
+                keep_alive: false,
+            }
+        );
+        assert!(c.websockets_enabled);
+        let app = OriginPattern {
+            scheme: "https".into(),
+            host: "app.example.com".into(),
+            port: 443,
+            wildcard: false,
+        };
+        assert_eq!(
+            c.websockets,
+            WsOptions {
+                keep_alive_interval: Duration::from_secs(60),
+                keep_alive_timeout: Duration::from_secs(10),
+                receive_buffer_size: 8 * 1024,
+                max_message_size: 2 * 1024 * 1024,
+                allowed_origins: vec![app],
+                require_origin: true,
+                close_timeout: Duration::from_secs(2),
+            }
+        );
+        let r = &c.routes[0];
+        assert_eq!(r.line, 30);
+        assert_eq!(r.path, "/chat");
+        assert_eq!(
+            r.host,
+            Some(HostPattern {
+                host: "chat.example.com".into(),
+                wildcard: false
+            })
+        );
+        assert_eq!(r.websocket, WsMode::Relay);
+        assert_eq!(
+            r.upstreams,
+            vec![
+                Upstream {
+                    url: "ws://10.0.0.1:9000".into(),
+                    tls: false,
+                    host: "10.0.0.1".into(),
+                    port: 9000,
+                    base_path: String::new(),
+                },
+                Upstream {
+                    url: "wss://backend.internal/socket/".into(),
+                    tls: true,
+                    host: "backend.internal".into(),
+                    port: 443,
+                    base_path: "/socket".into(),
+                },
+            ]
+        );
+        assert_eq!(r.balance, Balance::LeastConnections);
+        assert_eq!(
+            r.health_check,
+            Some(HealthCheck {
+                path: "/ready".into(),
+                interval: Duration::from_secs(10),
+                timeout: Duration::from_secs(1),
+                unhealthy_after: 5,
+                healthy_after: 1,
+            })
+        );
+        assert_eq!(r.subprotocols, vec!["chat.v2", "json"]);
+        assert_eq!(r.upstream_timeout, Duration::from_secs(15));
+        assert_eq!(r.ca.as_deref(), Some(dir.0.join("ca.pem").as_path()));
+        assert_eq!(
+            r.ws,
+            WsOptions {
+                keep_alive_interval: Duration::ZERO,
+                keep_alive_timeout: Duration::ZERO,
+                receive_buffer_size: 1024,
+                max_message_size: 64 * 1024,
+                allowed_origins: vec![OriginPattern {
+                    scheme: "https".into(),
+                    host: "example.com".into(),
+                    port: 8443,
+                    wildcard: true,
+                }],
+                require_origin: false,
+                close_timeout: Duration::from_millis(500),
+            }
+        );
+    }
+
+    #[test]
+    fn error_display_is_one_line() {
+        let e = err(&with_listen(
+            "websockets:\n  keep_alive_interval: 2 minutes\n",
+        ));
+        assert_eq!(
+            e.to_string(),
+            r#"test.yaml:4:24: websockets.keep_alive_interval: invalid duration "2 minutes" (use a number with ms, s, m or h, e.g. 30s)"#
+        );
+    }
+
+    #[test]
+    fn unknown_top_level_key() {
+        let e = err(&with_listen("health_path: /h\nhealth_pth: /x\n"));
+        assert_err(&e, 4, 1, "health_pth", "unknown key");
+        assert!(
+            e.message.contains("listen, health_path, sample_page"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn unknown_route_key_beats_missing_required_key() {
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n  - pth: /b\n    websocket: echo\n",
+        ));
+        assert_err(&e, 5, 5, "routes[1].pth", "unknown key");
+        // The route's own keys and the WebSocket overrides are both listed.
+        assert!(e.message.contains("path, host, websocket"), "{e}");
+        assert!(e.message.contains("max_message_size"), "{e}");
+    }
+
+    #[test]
+    fn unknown_nested_key() {
+        let e = err(&with_listen("http:\n  keepalive: true\n"));
+        assert_err(
+            &e,
+            4,
+            3,
+            "http.keepalive",
+            "allowed here: header_read_timeout",
+        );
+    }
+
+    #[test]
+    fn bad_durations() {
+        let e = err(&with_listen("shutdown_grace: 30\n"));
+        assert_err(&e, 3, 17, "shutdown_grace", "needs a unit");
+        let e = err(&with_listen("http:\n  header_read_timeout: 0\n"));
+        assert_err(&e, 4, 24, "http.header_read_timeout", "longer than 0");
+        let e = err(&with_listen("shutdown_grace: true\n"));
+        assert_err(
+            &e,
+            3,
+            17,
+            "shutdown_grace",
+            "expected a duration such as 30s, found the boolean true",
+        );
+    }
+
+    #[test]
+    fn bad_sizes() {
+        let e = err(&with_listen("websockets:\n  receive_buffer_size: 4KB\n"));
+        assert_err(
+            &e,
+            4,
+            24,
+            "websockets.receive_buffer_size",
+            "KiB, MiB or GiB",
+        );
+        let e = err(&with_listen("http:\n  max_header_size: 4KiB\n"));
+        assert_err(&e, 4, 20, "http.max_header_size", "between 8KiB and 1MiB");
+        let e = err(&with_listen("websockets:\n  max_message_size: 100\n"));
+        assert_err(
+            &e,
+            4,
+            21,
+            "websockets.max_message_size",
+            "between 125 and 1GiB",
+        );
+        let e = err(&with_listen("websockets:\n  max_message_size: 2GiB\n"));
+        assert_err(&e, 4, 21, "websockets.max_message_size", "out of range");
+        // A plain integer is bytes.
+        let c = load(&with_listen("websockets:\n  receive_buffer_size: 65536\n")).unwrap();
+        assert_eq!(c.websockets.receive_buffer_size, 65536);
+    }
+
+    #[test]
+    fn missing_certificate_file_is_reported_at_its_key() {
+        let dir = TempDir::new();
+        dir.file("key.pem", "key");
+        let path = dir.file(
+            "gw.yaml",
+            "listen:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - cert: missing.pem\n          key: key.pem\n",
+        );
+        let e = load_file(&path).unwrap_err();
+        assert_eq!(e.file, path.display().to_string());
+        let resolved = dir.0.join("missing.pem");
+        assert_err(
+            &e,
+            5,
+            17,
+            "listen[0].tls.certificates[0].cert",
+            &format!("certificate file not found: {}", resolved.display()),
+        );
+    }
+
+    #[test]
+    fn missing_key_file_and_directories_are_rejected() {
+        let dir = TempDir::new();
+        dir.file("cert.pem", "cert");
+        let yaml = |key: &str| {
+            format!("listen:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - {{cert: cert.pem, key: {key}}}\n")
+        };
+        let e = load_str(&yaml("nope.pem"), "t", &dir.0).unwrap_err();
+        assert_err(
+            &e,
+            5,
+            33,
+            "listen[0].tls.certificates[0].key",
+            "private key file not found",
+        );
+        std::fs::create_dir_all(dir.0.join("sub")).unwrap();
+        let e = load_str(&yaml("sub"), "t", &dir.0).unwrap_err();
+        assert_err(&e, 5, 33, "listen[0].tls.certificates[0].key", "not a file");
+        let e = err("listen:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates: []\n");
+        assert_err(
+            &e,
+            4,
+            21,
+            "listen[0].tls.certificates",
+            "at least one certificate",
+        );
+    }
+
+    #[test]
+    fn unreadable_file_names_the_file() {
+        let dir = TempDir::new();
+        let path = dir.0.join("absent.yaml");
+        let e = load_file(&path).unwrap_err();
+        assert_eq!(e.file, path.display().to_string());
+        assert_eq!(e.key, "(file)");
+        assert!(e.message.contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn echo_route_with_websockets_disabled() {
+        let e = err(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        ));
+        assert_err(
+            &e,
+            7,
+            16,
+            "routes[0].websocket",
+            "websockets.enabled is false",
+        );
+        assert!(
+            e.message.contains("cannot echo; use passthrough or reject"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn disabled_websockets_need_upstreams_or_reject() {
+        let e = err(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /ws\n",
+        ));
+        assert_err(&e, 6, 5, "routes[0]", "websocket: reject");
+        let c = load(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /ws\n    websocket: reject\n",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].websocket, WsMode::Reject);
+        assert!(!c.websockets_enabled);
+    }
+
+    #[test]
+    fn relay_and_passthrough_need_upstreams() {
+        for mode in ["relay", "passthrough"] {
+            let e = err(&with_listen(&format!(
+                "routes:\n  - path: /ws\n    websocket: {mode}\n    upstreams: []\n"
+            )));
+            assert_err(&e, 4, 5, "routes[0]", "needs upstreams");
+        }
+    }
+
+    #[test]
+    fn mode_defaults() {
+        let c = load(&with_listen(
+            "routes:\n  - path: /echo\n  - path: /app\n    upstreams: [http://app:8080]\n  - path: /both\n    websocket: echo\n    upstreams: [http://app:8080]\n",
+        ))
+        .unwrap();
+        let modes: Vec<WsMode> = c.routes.iter().map(|r| r.websocket).collect();
+        assert_eq!(modes, [WsMode::Echo, WsMode::Relay, WsMode::Echo]);
+        assert_eq!(c.routes[1].balance, Balance::RoundRobin);
+        assert_eq!(c.routes[1].upstream_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.routes.iter().map(|r| r.line).collect::<Vec<_>>(),
+            [4, 5, 7]
+        );
+
+        let c = load(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /app\n    upstreams: [http://app:8080]\n",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].websocket, WsMode::Passthrough);
+    }
+
+    #[test]
+    fn upstream_url_forms() {
+        let u = upstream("ws://example.com").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
+            (false, "example.com", 80, "")
+        );
+        let u = upstream("wss://[::1]:9000/base").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
+            (true, "::1", 9000, "/base")
+        );
+        let u = upstream("HTTPS://API.Example.com/").unwrap();
+        assert_eq!(
+            (u.tls, u.host.as_str(), u.port, u.base_path.as_str()),
+            (true, "api.example.com", 443, "")
+        );
+        assert_eq!(u.url, "HTTPS://API.Example.com/");
+        let u = upstream("http://127.0.0.1:3000/a/b//").unwrap();
+        assert_eq!((u.port, u.base_path.as_str()), (3000, "/a/b"));
+
+        for (bad, needle) in [
+            ("ftp://example.com", "unsupported scheme \"ftp\""),
+            ("example.com:80", "not a URL"),
+            ("http://user:pw@example.com", "passwords"),
+            ("http://example.com/?q=1", "query strings"),
+            ("http://example.com#x", "fragments"),
+            ("http://example.com:0", "invalid port"),
+            ("http://example.com:99999", "invalid port"),
+            ("http://example.com:", "invalid port"),
+            ("http://:80", "missing host"),
+            ("http://[::1", "missing ]"),
+            ("http://[nope]:80", "invalid IPv6"),
+            ("http://exa mple.com", "invalid host name"),
+        ] {
+            let e = upstream(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    upstreams:\n      - http://ok\n      - gopher://old\n",
+        ));
+        assert_err(&e, 7, 9, "routes[0].upstreams[1]", "unsupported scheme");
+    }
+
+    #[test]
+    fn origin_patterns() {
+        let o = origin_pattern("https://*.Example.com").unwrap();
+        assert_eq!(
+            o,
+            OriginPattern {
+                scheme: "https".into(),
+                host: "example.com".into(),
+                port: 443,
+                wildcard: true
+            }
+        );
+        let o = origin_pattern("http://localhost:3000/").unwrap();
+        assert_eq!(
+            (o.host.as_str(), o.port, o.wildcard),
+            ("localhost", 3000, false)
+        );
+        assert_eq!(origin_pattern("http://example.com").unwrap().port, 80);
+        assert_eq!(origin_pattern("wss://example.com").unwrap().port, 443);
+        assert_eq!(origin_pattern("http://[::1]:8080").unwrap().host, "::1");
+
+        for (bad, needle) in [
+            ("*", "use an empty list to allow every origin"),
+            ("example.com", "not a URL"),
+            ("https://example.com/app", "without a path"),
+            ("ftp://example.com", "unsupported scheme"),
+            ("https://*", "invalid host name"),
+            ("https://a.*.example.com", "invalid host name"),
+        ] {
+            let e = origin_pattern(bad).unwrap_err();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+
+        let e = err(&with_listen("websockets:\n  allowed_origins: ['*']\n"));
+        assert_err(&e, 4, 21, "websockets.allowed_origins[0]", "empty list");
+    }
+
+    #[test]
+    fn duplicate_keys_are_reported_at_the_second() {
+        let e = err(&with_listen("health_path: /a\nhealth_path: /b\n"));
+        assert_err(
+            &e,
+            4,
+            1,
+            "health_path",
+            "duplicate key (first set at line 3)",
+        );
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    host: x\n    path: /b\n",
+        ));
+        assert_err(&e, 6, 5, "routes[0].path", "duplicate key");
+    }
+
+    #[test]
+    fn route_override_leaves_the_global_intact() {
+        let c = load(&with_listen(
+            "websockets:\n  max_message_size: 4MiB\n  require_origin: true\nroutes:\n  - path: /small\n    max_message_size: 1KiB\n  - path: /big\n",
+        ))
+        .unwrap();
+        assert_eq!(c.websockets.max_message_size, 4 << 20);
+        assert_eq!(c.routes[0].ws.max_message_size, 1024);
+        assert_eq!(c.routes[1].ws.max_message_size, 4 << 20);
+        // Keys not overridden come from the global section, not the built-in defaults.
+        assert!(c.routes[0].ws.require_origin);
+        assert_eq!(
+            c.routes[0].ws.keep_alive_interval,
+            WsOptions::default().keep_alive_interval
+        );
+    }
+
+    #[test]
+    fn null_means_default() {
+        let c = load(&with_listen(
+            "http:\nsample_page:\nwebsockets:\n  allowed_origins:\nroutes:\n  - path: /x\n    allowed_origins:\n    host: ~\n",
+        ))
+        .unwrap();
+        assert_eq!(c.http, HttpOptions::default());
+        assert_eq!(c.sample_page, None);
+        assert!(c.websockets.allowed_origins.is_empty());
+        assert_eq!(c.routes[0].host, None);
+        // An explicit empty list on a route overrides a non-empty global list.
+        let c = load(&with_listen(
+            "websockets:\n  allowed_origins: [https://a.example]\nroutes:\n  - path: /x\n    allowed_origins: []\n  - path: /y\n",
+        ))
+        .unwrap();
+        assert!(c.routes[0].ws.allowed_origins.is_empty());
+        assert_eq!(c.routes[1].ws.allowed_origins.len(), 1);
+    }
+
+    #[test]
+    fn missing_required_keys_point_at_the_mapping() {
+        let e = err("health_path: /h\n");
+        assert_err(&e, 1, 1, "listen", "missing required key");
+        let e = err("listen:\n  - tls:\n");
+        assert_err(&e, 2, 5, "listen[0].address", "missing required key");
+        let e = err(&with_listen("routes:\n  - websocket: echo\n"));
+        assert_err(&e, 4, 5, "routes[0].path", "missing required key");
+        let e = err("listen:\n  - address:\n");
+        assert_err(&e, 2, 5, "listen[0].address", "needs a value");
+        let e = err("listen: []\n");
+        assert_err(&e, 1, 9, "listen", "at least one listener");
+    }
+
+    #[test]
+    fn listen_addresses() {
+        let c = load("listen:\n  - address: localhost:5000\n  - address: '[::1]:5000'\n  - address: 127.0.0.1:0\n  - address: 127.0.0.1:0\n").unwrap();
+        let addrs: Vec<String> = c.listen.iter().map(|l| l.address.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["127.0.0.1:5000", "[::1]:5000", "127.0.0.1:0", "127.0.0.1:0"]
+        );
+
+        let e = err("listen:\n  - address: 127.0.0.1:5000\n  - address: localhost:5000\n");
+        assert_err(
+            &e,
+            3,
+            14,
+            "listen[1].address",
+            "duplicate listen address 127.0.0.1:5000 (already listed at line 2)",
+        );
+        let e = err("listen:\n  - address: 5000\n");
+        assert_err(&e, 2, 14, "listen[0].address", "use ip:port");
+        let e = err("listen:\n  - address: example.com:80\n");
+        assert_err(&e, 2, 14, "listen[0].address", "invalid listen address");
+    }
+
+    #[test]
+    fn duplicate_routes() {
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n  - path: /a\n    host: a.example\n  - path: /a\n",
+        ));
+        assert_err(
+            &e,
+            7,
+            5,
+            "routes[2]",
+            "already routed by routes[0] (line 4)",
+        );
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    host: '*.Example.com'\n  - path: /a\n    host: '*.example.com'\n",
+        ));
+        assert_err(&e, 6, 5, "routes[1]", "on host *.example.com");
+    }
+
+    #[test]
+    fn host_patterns() {
+        assert_eq!(
+            host_pattern("*.Example.COM").unwrap(),
+            HostPattern {
+                host: "example.com".into(),
+                wildcard: true
+            }
+        );
+        assert!(!host_pattern("api.example.com").unwrap().wildcard);
+        assert!(host_pattern("example.com:8080")
+            .unwrap_err()
+            .contains("port"));
+        assert!(host_pattern("https://example.com")
+            .unwrap_err()
+            .contains("scheme"));
+        assert!(host_pattern("*").unwrap_err().contains("invalid host name"));
+        assert!(host_pattern("a..b")
+            .unwrap_err()
+            .contains("invalid host name"));
+    }
+
+    #[test]
+    fn health_checks() {
+        let base = "routes:\n  - path: /a\n    upstreams: [http://app]\n    health_check:\n";
+        let c = load(&with_listen(&format!("{base}      path: /up\n"))).unwrap();
+        assert_eq!(
+            c.routes[0].health_check,
+            Some(HealthCheck {
+                path: "/up".into(),
+                interval: Duration::from_secs(5),
+                timeout: Duration::from_secs(2),
+                unhealthy_after: 3,
+                healthy_after: 2,
+            })
+        );
+        let e = err(&with_listen(&format!(
+            "{base}      path: /up\n      interval: 1s\n"
+        )));
+        assert_err(
+            &e,
+            8,
+            17,
+            "routes[0].health_check.interval",
+            "must not be longer than interval (1s)",
+        );
+        let e = err(&with_listen(&format!(
+            "{base}      path: /up\n      timeout: 6s\n"
+        )));
+        assert_err(&e, 8, 16, "routes[0].health_check.timeout", "timeout (6s)");
+        let e = err(&with_listen(&format!(
+            "{base}      path: /up\n      healthy_after: 0\n"
+        )));
+        assert_err(
+            &e,
+            8,
+            22,
+            "routes[0].health_check.healthy_after",
+            "at least 1",
+        );
+        let e = err(&with_listen(&format!(
+            "{base}      path: /up\n      healthy_after: '2'\n"
+        )));
+        assert_err(
+            &e,
+            8,
+            22,
+            "routes[0].health_check.healthy_after",
+            "found the string \"2\"",
+        );
+        let e = err(&with_listen(&format!("{base}      interval: 1s\n")));
+        assert_err(
+            &e,
+            7,
+            7,
+            "routes[0].health_check.path",
+            "missing required key",
+        );
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    health_check: {path: /up}\n",
+        ));
+        assert_err(&e, 5, 19, "routes[0].health_check", "needs upstreams");
+    }
+
+    #[test]
+    fn scalar_types_are_strict() {
+        let e = err(&with_listen("http:\n  keep_alive: \"true\"\n"));
+        assert_err(
+            &e,
+            4,
+            15,
+            "http.keep_alive",
+            "expected true or false, found the string \"true\"",
+        );
+        let e = err(&with_listen("http:\n  keep_alive: yes\n"));
+        assert_err(&e, 4, 15, "http.keep_alive", "expected true or false");
+        let e = err(&with_listen("log_level: false\n"));
+        assert_err(
+            &e,
+            3,
+            12,
+            "log_level",
+            "expected a string, found the boolean false",
+        );
+        let e = err(&with_listen("routes: {path: /a}\n"));
+        assert_err(&e, 3, 9, "routes", "expected a list, found a mapping");
+        let e = err(&with_listen("log_format: xml\n"));
+        assert_err(&e, 3, 13, "log_format", "expected one of: text, json");
+        let e = err(&with_listen("routes:\n  - path: /a\n    balance: random\n"));
+        assert_err(
+            &e,
+            5,
+            14,
+            "routes[0].balance",
+            "round_robin, least_connections, ip_hash, cookie",
+        );
+    }
+
+    #[test]
+    fn paths_and_subprotocols() {
+        let e = err(&with_listen("health_path: healthz\n"));
+        assert_err(&e, 3, 14, "health_path", "must start with /");
+        let e = err(&with_listen("routes:\n  - path: /a?b\n"));
+        assert_err(&e, 4, 11, "routes[0].path", "query strings");
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    subprotocols: [ok, 'not ok']\n",
+        ));
+        assert_err(&e, 5, 24, "routes[0].subprotocols[1]", "HTTP token");
+    }
+
+    #[test]
+    fn document_level_errors() {
+        for empty in ["", "# just a comment\n", "---\n", "~\n"] {
+            let e = err(empty);
+            assert_err(&e, 1, 1, "(root)", "empty configuration");
+        }
+        let e = err("- a\n- b\n");
+        assert_err(&e, 1, 1, "(root)", "expected a mapping, found a list");
+        let e = err(&format!("{LISTEN}---\n{LISTEN}"));
+        assert_err(&e, 3, 1, "(syntax)", "more than one YAML document");
+        let e = err(&with_listen(
+            "http: &h {keep_alive: true}\nwebsockets: *h\n",
+        ));
+        assert_err(&e, 4, 13, "websockets", "aliases");
+        let e = err(&with_listen("log_level: !!str info\n"));
+        assert_err(&e, 3, 18, "log_level", "tags");
+    }
+
+    #[test]
+    fn syntax_errors_use_the_scanner_position() {
+        let e = err("listen: [\nhealth_path: /x\n");
+        assert_eq!(e.key, "listen[0]");
+        assert_eq!(e.line, 2);
+        let e = err("a: \"unterminated\n");
+        assert_eq!((e.line, e.key.as_str()), (1, "a"));
+        assert!(e.message.contains("quoted scalar"), "{e}");
+        let e = err("listen:\n  - address: x\n   bad: 1\n");
+        assert_eq!((e.line, e.column, e.key.as_str()), (3, 7, "listen[1]"));
+        let e = err("a: b: c\n");
+        assert_eq!(
+            e.to_string(),
+            "test.yaml:1:5: (syntax): mapping values are not allowed in this context"
+        );
+    }
+}

@@ -1,0 +1,34 @@
+//! wsgate, a WebSocket gateway.
+//!
+//! Map of the crate:
+//! - [`config`]: the YAML file, parsed and validated into one immutable snapshot.
+//! - [`server`]: the running gateway: the snapshot behind an `ArcSwap`, listeners, shutdown order.
+//! - [`listener`]: accepting TCP and TLS connections and handing them to hyper, with timeouts.
+//! - [`tls`]: rustls server configuration and certificate choice by SNI.
+//! - [`service`]: per-request dispatch: health, sample page, route, WebSocket mode.
+//! - [`router`]: host and path-prefix route matching.
+//! - [`ws`]: WebSocket handshake, origin policy, frame validation around fastwebsockets,
+//!   keep-alive, and the echo endpoint.
+//! - [`shutdown`]: the shared shutdown handle (draining flag, tokens, task tracker).
+//! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
+//! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.
+//! - [`upstream`]: balancing, health and connecting to the apps behind the gateway.
+//! - [`page`]: the embedded sample page.
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod page;
+pub mod proxy;
+pub mod router;
+pub mod server;
+pub mod service;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+pub mod ws;
+
+pub use error::Error;
+pub use server::Server;

@@ -1,0 +1,113 @@
+//! The `wsgate` command: run the gateway, or check a config file and exit (like `nginx -t`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+use wsgate::config::{self, Config, LogFormat};
+
+#[derive(Parser)]
+#[command(
+    name = "wsgate",
+    version,
+    about = "A WebSocket gateway: echo, relay and passthrough in front of web apps"
+)]
+struct Cli {
+    /// Configuration file (YAML). Without it, the embedded default: http://127.0.0.1:5000,
+    /// sample page at /, echo at /ws.
+    #[arg(long, short, global = true, env = "WSGATE_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway (the default).
+    Run,
+    /// Validate the configuration and exit 0 if it is good, 1 if not.
+    Check,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(cli.config.as_deref()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("wsgate: {e:#}");
+            return ExitCode::from(1);
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Check => {
+            println!(
+                "wsgate: configuration {} is valid ({} listeners, {} routes)",
+                config.source,
+                config.listen.len(),
+                config.routes.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Command::Run => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("wsgate: {e:#}");
+                ExitCode::from(1)
+            }
+        },
+    }
+}
+
+fn load(path: Option<&std::path::Path>) -> anyhow::Result<Config> {
+    let config = match path {
+        Some(p) => config::load_file(p)?,
+        None => config::load_str(
+            config::EMBEDDED_DEFAULT,
+            "<embedded default>",
+            std::path::Path::new("."),
+        )?,
+    };
+    // Certificates and keys are parsed here too, so `check` catches a key that fits no certificate.
+    for l in &config.listen {
+        if let Some(tls) = &l.tls {
+            wsgate::tls::server_config(tls)?;
+        }
+    }
+    Ok(config)
+}
+
+fn init_logging(config: &Config) {
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&config.log.level));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn run(config: Config) -> anyhow::Result<()> {
+    init_logging(&config);
+    let server = wsgate::Server::bind(config).await.context("starting")?;
+    server.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// SIGTERM (service managers, Kubernetes) or SIGINT (Ctrl-C) starts the graceful shutdown.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received"),
+        _ = int.recv() => tracing::info!("SIGINT received"),
+    }
+}

@@ -1,0 +1,102 @@
+//! TLS termination. Certificates are chosen by SNI from the names each certificate itself
+//! carries (its subjectAltNames, wildcards included), so the config lists files, not names, and
+//! cannot disagree with them; the first certificate answers clients that send no known name.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::config::TlsOptions;
+use crate::error::Error;
+
+/// ALPN offered to clients: h2 for plain HTTP traffic, http/1.1 for everything (WebSocket
+/// upgrades need HTTP/1.1; browsers open a separate HTTP/1.1 connection for them).
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Builds the server side of a TLS listener: TLS 1.2 and 1.3 only, rustls' AEAD suites with
+/// forward secrecy, and the SNI resolver.
+pub fn server_config(opts: &TlsOptions) -> Result<Arc<ServerConfig>, Error> {
+    let provider = provider();
+    let mut certs = Vec::with_capacity(opts.certificates.len());
+    for pair in &opts.certificates {
+        certs.push(Arc::new(load_certified_key(
+            &pair.cert, &pair.key, &provider,
+        )?));
+    }
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(SniResolver { certs }));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+fn load_certified_key(
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, Error> {
+    let tls_err = |file: &Path, message: String| Error::Tls {
+        file: file.display().to_string(),
+        message,
+    };
+    let chain = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| tls_err(cert, format!("cannot read certificate: {e}")))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(cert, format!("bad PEM certificate: {e}")))?;
+    if chain.is_empty() {
+        return Err(tls_err(cert, "no CERTIFICATE block in the file".into()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| tls_err(key, format!("cannot read private key: {e}")))?;
+    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
+        tls_err(
+            key,
+            format!("key does not fit the certificate {}: {e}", cert.display()),
+        )
+    })
+}
+
+struct SniResolver {
+    certs: Vec<Arc<CertifiedKey>>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SniResolver({} certificates)", self.certs.len())
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if let Some(name) = hello.server_name() {
+            if let Some(found) = self.certs.iter().find(|ck| valid_for(ck, name)) {
+                return Some(found.clone());
+            }
+        }
+        self.certs.first().cloned()
+    }
+}
+
+fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
+    let Ok(server_name) = ServerName::try_from(name) else {
+        return false;
+    };
+    let Some(leaf) = ck.cert.first() else {
+        return false;
+    };
+    webpki::EndEntityCert::try_from(leaf)
+        .and_then(|ee| ee.verify_is_valid_for_subject_name(&server_name))
+        .is_ok()
+}

@@ -1,0 +1,157 @@
+//! Opening a connection to an upstream: TCP with a deadline, then TLS with SNI and verification
+//! against the system roots or the route's `ca` file.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Route, Upstream};
+use crate::error::{Error, UpstreamError};
+
+/// The TLS client settings for a route's https upstreams. `alpn` is what the leg speaks
+/// (http/1.1 for WebSocket legs, which cannot run over h2 here).
+pub fn client_config(route: &Route, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, Error> {
+    let mut roots = rustls::RootCertStore::empty();
+    match &route.ca {
+        Some(ca) => {
+            let tls_err = |message: String| Error::Tls {
+                file: ca.display().to_string(),
+                message,
+            };
+            for cert in CertificateDer::pem_file_iter(ca)
+                .map_err(|e| tls_err(format!("cannot read CA file: {e}")))?
+            {
+                let cert = cert.map_err(|e| tls_err(format!("bad PEM certificate: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| tls_err(format!("unusable CA certificate: {e}")))?;
+            }
+        }
+        None => {
+            // Certificates the system store holds but rustls cannot use are skipped, as curl does.
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A connection to an upstream, plain or TLS, without dynamic dispatch on the data path.
+pub enum UpstreamStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects within `timeout` (TCP and TLS together).
+pub async fn connect(
+    upstream: &Upstream,
+    tls: Option<&Arc<ClientConfig>>,
+    timeout: Duration,
+) -> Result<UpstreamStream, UpstreamError> {
+    tokio::time::timeout(timeout, async {
+        let tcp = TcpStream::connect((
+            upstream.host.trim_matches(|c| c == '[' || c == ']'),
+            upstream.port,
+        ))
+        .await
+        .map_err(UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        if !upstream.tls {
+            return Ok(UpstreamStream::Plain(tcp));
+        }
+        let config = tls.ok_or_else(|| {
+            UpstreamError::Tls(io::Error::other(
+                "no TLS client configuration for an https upstream",
+            ))
+        })?;
+        let name = ServerName::try_from(
+            upstream
+                .host
+                .trim_matches(|c| c == '[' || c == ']')
+                .to_string(),
+        )
+        .map_err(|e| UpstreamError::Tls(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let stream = TlsConnector::from(config.clone())
+            .connect(name, tcp)
+            .await
+            .map_err(UpstreamError::Tls)?;
+        Ok(UpstreamStream::Tls(Box::new(stream)))
+    })
+    .await
+    .map_err(|_| UpstreamError::Timeout)?
+}
+
+impl AsyncRead for UpstreamStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpstreamStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            UpstreamStream::Plain(s) => s.is_write_vectored(),
+            UpstreamStream::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            UpstreamStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpstreamStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}

@@ -1,0 +1,141 @@
+//! wsgate's own WebSocket endpoint: the ASP.NET Core sample's echo, message by message, with
+//! every RFC 6455 check the sample leaves to the framework.
+
+use std::pin::pin;
+
+use bytes::BytesMut;
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use super::close;
+use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
+use super::io::CappedRead;
+use super::keepalive::{KeepAlive, Tick};
+use super::session::{close_and_linger, next_frame, ClosedBy, SessionEnd};
+use crate::config::WsOptions;
+
+enum Ending {
+    /// We close with this code.
+    Close(u16, &'static str, ClosedBy),
+    /// The client closed; we answer with its code (1000 for an empty Close).
+    Answer(Option<u16>, BytesMut),
+    Gone(String),
+}
+
+/// Runs an accepted WebSocket until either side closes it or `closing` asks for 1001.
+pub async fn run<S>(io: S, opts: &WsOptions, closing: &CancellationToken) -> SessionEnd
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (r, mut w) = tokio::io::split(io);
+    let mut raw = CappedRead::new(r, opts.receive_buffer_size);
+    let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
+    let (mut rd, mut wr) = fastwebsockets::after_handshake_split(&mut raw, &mut w, Role::Server);
+    rd.set_auto_close(false);
+    rd.set_auto_pong(false);
+    rd.set_max_message_size(validator.frame_limit());
+    let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
+    let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
+
+    let ending = {
+        let mut reading = pin!(next_frame(rd));
+        // Only fragmented messages are assembled here; whole frames go back without a copy.
+        let mut message = BytesMut::new();
+        loop {
+            tokio::select! {
+                biased;
+                _ = closing.cancelled() => {
+                    break Ending::Close(close::GOING_AWAY, "server shutting down", ClosedBy::Gateway);
+                }
+                (rd, res) = &mut reading => {
+                    let frame = match res {
+                        Ok(frame) => frame,
+                        Err(e) => break read_failure(e),
+                    };
+                    keepalive.seen();
+                    let kind = match validator.check(&frame) {
+                        Ok(kind) => kind,
+                        Err(v) => break Ending::Close(v.code, v.reason, ClosedBy::Gateway),
+                    };
+                    let sent = match kind {
+                        FrameKind::Data { opcode, fin } => {
+                            stats.bytes_in += frame.payload.len() as u64;
+                            if !fin {
+                                message.extend_from_slice(&frame.payload);
+                                reading.set(next_frame(rd));
+                                continue;
+                            }
+                            stats.messages_in += 1;
+                            let payload = if frame.opcode == OpCode::Continuation {
+                                message.extend_from_slice(&frame.payload);
+                                std::mem::take(&mut message)
+                            } else {
+                                frame.payload
+                            };
+                            stats.messages_out += 1;
+                            stats.bytes_out += payload.len() as u64;
+                            send(&mut wr, Frame::new(true, opcode, None, Payload::Bytes(payload))).await
+                        }
+                        FrameKind::Ping => send(&mut wr, Frame::pong(Payload::Bytes(frame.payload))).await,
+                        FrameKind::Pong => Ok(()),
+                        FrameKind::Close { code } => {
+                            let mut reason = frame.payload;
+                            let _ = reason.split_to(reason.len().min(2));
+                            break Ending::Answer(code, reason);
+                        }
+                    };
+                    if let Err(e) = sent {
+                        break Ending::Gone(e.to_string());
+                    }
+                    reading.set(next_frame(rd));
+                }
+                tick = keepalive.tick() => match tick {
+                    Tick::SendPing => {
+                        if let Err(e) = send(&mut wr, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
+                            break Ending::Gone(e.to_string());
+                        }
+                    }
+                    Tick::TimedOut => {
+                        break Ending::Close(close::GOING_AWAY, "keep-alive timeout", ClosedBy::Gateway);
+                    }
+                },
+            }
+        }
+    };
+
+    let (code, reason, closed_by) = match ending {
+        Ending::Close(code, reason, by) => (code, reason.as_bytes().to_vec(), by),
+        Ending::Answer(code, reason) => (
+            code.unwrap_or(close::NORMAL),
+            reason.to_vec(),
+            ClosedBy::Client,
+        ),
+        Ending::Gone(why) => {
+            stats.closed_by = ClosedBy::Client;
+            stats.reason = why;
+            return stats;
+        }
+    };
+    drop(wr);
+    close_and_linger(&mut w, &mut raw, code, &reason, opts.close_timeout).await;
+    stats.code = Some(code);
+    stats.closed_by = closed_by;
+    stats.reason = String::from_utf8_lossy(&reason).into_owned();
+    stats
+}
+
+fn read_failure(e: WebSocketError) -> Ending {
+    match classify_read_error(e) {
+        ReadFailure::Violation(v) => Ending::Close(v.code, v.reason, ClosedBy::Gateway),
+        ReadFailure::Gone(why) => Ending::Gone(why),
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    wr: &mut fastwebsockets::WebSocketWrite<W>,
+    frame: Frame<'_>,
+) -> Result<(), WebSocketError> {
+    wr.write_frame(frame).await?;
+    wr.flush().await
+}

@@ -1,0 +1,124 @@
+//! Keep-alive pings (ASP.NET Core KeepAliveInterval) and the dead-peer timeout that goes with
+//! them. Pings go out every interval whatever the traffic, so idle proxies and NATs in between
+//! see a packet; any frame from the peer, not only the Pong, proves it alive.
+
+use std::future::pending;
+use std::pin::Pin;
+use std::time::Duration;
+
+use tokio::time::{sleep_until, Instant, Sleep};
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Tick {
+    SendPing,
+    TimedOut,
+}
+
+pub struct KeepAlive {
+    interval: Duration,
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+    next_ping: Instant,
+    ping_sent: Option<Instant>,
+    seen: bool,
+}
+
+impl KeepAlive {
+    /// A zero interval disables pings (and so the timeout); a zero timeout pings without judging.
+    pub fn new(interval: Duration, timeout: Duration) -> Self {
+        let next_ping = Instant::now() + interval;
+        Self {
+            interval,
+            timeout,
+            sleep: (!interval.is_zero()).then(|| Box::pin(sleep_until(next_ping))),
+            next_ping,
+            ping_sent: None,
+            seen: false,
+        }
+    }
+
+    /// Called for every frame the peer sends; cheap on purpose (it runs per frame).
+    #[inline]
+    pub fn seen(&mut self) {
+        self.seen = true;
+    }
+
+    /// Resolves when a ping is due or the peer has been silent too long. Cancel-safe.
+    pub async fn tick(&mut self) -> Tick {
+        let Some(sleep) = self.sleep.as_mut() else {
+            return pending().await;
+        };
+        loop {
+            sleep.as_mut().await;
+            let now = Instant::now();
+            if let Some(sent) = self.ping_sent {
+                if now >= sent + self.timeout {
+                    if !self.seen {
+                        return Tick::TimedOut;
+                    }
+                    self.ping_sent = None;
+                }
+            }
+            let due = now >= self.next_ping;
+            if due {
+                self.next_ping = now + self.interval;
+                // With an interval shorter than the timeout, later pings must not restart the
+                // clock of the one still unanswered.
+                if self.ping_sent.is_none() && !self.timeout.is_zero() {
+                    self.seen = false;
+                    self.ping_sent = Some(now);
+                }
+            }
+            let deadline = match self.ping_sent {
+                Some(sent) => self.next_ping.min(sent + self.timeout),
+                None => self.next_ping,
+            };
+            sleep.as_mut().reset(deadline);
+            if due {
+                return Tick::SendPing;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn pings_then_times_out_a_silent_peer() {
+        let mut ka = KeepAlive::new(Duration::from_secs(10), Duration::from_secs(3));
+        let start = Instant::now();
+        assert_eq!(ka.tick().await, Tick::SendPing);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert_eq!(ka.tick().await, Tick::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_secs(13));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn any_frame_keeps_the_peer_alive() {
+        let mut ka = KeepAlive::new(Duration::from_secs(10), Duration::from_secs(3));
+        assert_eq!(ka.tick().await, Tick::SendPing);
+        ka.seen();
+        let start = Instant::now();
+        assert_eq!(ka.tick().await, Tick::SendPing);
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn interval_shorter_than_timeout_still_times_out() {
+        let mut ka = KeepAlive::new(Duration::from_millis(200), Duration::from_millis(300));
+        let start = Instant::now();
+        assert_eq!(ka.tick().await, Tick::SendPing);
+        assert_eq!(ka.tick().await, Tick::SendPing);
+        assert_eq!(ka.tick().await, Tick::TimedOut);
+        assert_eq!(start.elapsed(), Duration::from_millis(500));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_interval_never_ticks() {
+        let mut ka = KeepAlive::new(Duration::ZERO, Duration::from_secs(3));
+        let r = tokio::time::timeout(Duration::from_secs(3600), ka.tick()).await;
+        assert!(r.is_err());
+    }
+}

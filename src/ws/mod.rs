@@ -1,0 +1,12 @@
+//! WebSocket handling shared by every mode: the opening handshake, the origin policy, frame
+//! validation around fastwebsockets, keep-alive, and the echo endpoint.
+
+pub mod close;
+pub mod echo;
+pub mod frames;
+pub mod handshake;
+pub mod io;
+pub mod keepalive;
+pub mod origin;
+pub mod relay;
+pub mod session;

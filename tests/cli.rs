@@ -1,0 +1,131 @@
+//! The `wsgate` binary itself: `check`, config errors with their location, and SIGTERM.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+use common::*;
+
+fn wsgate() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    c.env_remove("WSGATE_CONFIG").env_remove("RUST_LOG");
+    c
+}
+
+#[test]
+fn check_accepts_a_good_file_and_the_embedded_default() {
+    let dir = TempDir::new("cli-good");
+    let file = dir.path().join("good.yaml");
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
+    )
+    .unwrap();
+    let out = wsgate()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = wsgate().arg("check").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("embedded default"));
+}
+
+#[test]
+fn a_bad_file_names_file_line_column_and_key_and_exits_1() {
+    let dir = TempDir::new("cli-bad");
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\nwebsockets:\n  keep_alive_interval: 2 minutes\n",
+    )
+    .unwrap();
+    let out = wsgate()
+        .args(["check", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad.yaml:4:"), "{err}");
+    assert!(err.contains("websockets.keep_alive_interval"), "{err}");
+
+    // Unknown key; and the same file refuses to start the server (no listener is bound).
+    std::fs::write(&file, "listen:\n  - address: 127.0.0.1:0\nroutez: []\n").unwrap();
+    let out = wsgate().arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:3:1") && err.contains("routez"),
+        "{err}"
+    );
+
+    // A missing certificate file is reported at its key.
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: nope.crt\n          key: nope.key\n",
+    )
+    .unwrap();
+    let out = wsgate().args(["check", "-c"]).arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bad.yaml:5:") && err.contains("nope.crt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn sigterm_closes_websockets_with_1001_and_exits_0() {
+    let dir = TempDir::new("cli-term");
+    let file = dir.path().join("term.yaml");
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\nshutdown_grace: 5s\nroutes:\n  - path: /ws\n    websocket: echo\n",
+    )
+    .unwrap();
+    let mut child = wsgate()
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The gateway logs the address it bound; read it rather than guess a port.
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("gateway exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("address=").nth(1) {
+            if line.contains("listening") {
+                break rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let code = rt.block_on(async {
+        let mut ws = connect(&format!("ws://{addr}/ws")).await;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        expect_close(&mut ws).await
+    });
+    assert_eq!(code, 1001);
+    std::thread::spawn(move || for _ in lines {});
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

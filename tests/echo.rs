@@ -1,0 +1,392 @@
+//! The echo endpoint over real sockets: messages, RFC 6455 violations and their close codes,
+//! keep-alive, handshakes and slow clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tungstenite::Message;
+
+fn config(ws_extra: &str) -> String {
+    format!(
+        "listen:\n{}health_path: /healthz\nsample_page: /\nwebsockets:\n  max_message_size: 1MiB\n{ws_extra}routes:\n  - path: /ws\n    websocket: echo\n    subprotocols: [chat.v1, chat.v2]\n",
+        plain_listener()
+    )
+}
+
+#[tokio::test]
+async fn echoes_text_binary_and_large_messages() {
+    let gw = Gateway::start(&config("")).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    ws.send(Message::text("hello wsgate")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::text("hello wsgate")
+    );
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(big)
+    );
+    ws.close(None).await.unwrap();
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn reassembles_fragmented_messages_and_answers_pings() {
+    let gw = Gateway::start(&config("")).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(&frame(false, 1, MASK, "frag".as_bytes()))
+        .await
+        .unwrap();
+    s.write_all(&frame(true, 9, MASK, b"ping!")).await.unwrap();
+    s.write_all(&frame(false, 0, MASK, "men".as_bytes()))
+        .await
+        .unwrap();
+    s.write_all(&frame(true, 0, MASK, "ted €".as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 0xA, b"ping!".to_vec()));
+    assert_eq!(
+        read_frame(&mut s).await,
+        (true, 1, "fragmented €".as_bytes().to_vec())
+    );
+    // The client's close code comes back; 1000 for an empty Close.
+    s.write_all(&frame(true, 8, MASK, &4000u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 4000);
+    read_to_eof(&mut s).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(&frame(true, 8, MASK, b"")).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1000);
+    gw.stop().await;
+}
+
+async fn violation(gw: &Gateway, bytes: &[u8]) -> u16 {
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(bytes).await.unwrap();
+    let code = read_close_code(&mut s).await;
+    // The gateway closes the TCP connection after its Close.
+    read_to_eof(&mut s).await;
+    code
+}
+
+#[tokio::test]
+async fn protocol_violations_close_with_1002() {
+    let gw = Gateway::start(&config("")).await;
+    // Unmasked client frame.
+    assert_eq!(violation(&gw, &frame(true, 1, None, b"hi")).await, 1002);
+    // 126-byte Pong and Close.
+    assert_eq!(
+        violation(&gw, &frame(true, 0xA, MASK, &[0; 126])).await,
+        1002
+    );
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(&[b'x'; 124]);
+    assert_eq!(violation(&gw, &frame(true, 8, MASK, &close)).await, 1002);
+    // Fragmented Ping.
+    assert_eq!(violation(&gw, &frame(false, 9, MASK, b"p")).await, 1002);
+    // RSV1 set (no extension was negotiated).
+    let mut rsv = frame(true, 1, MASK, b"hi");
+    rsv[0] |= 0x40;
+    assert_eq!(violation(&gw, &rsv).await, 1002);
+    // Reserved opcodes, data and control.
+    assert_eq!(violation(&gw, &frame(true, 3, MASK, b"")).await, 1002);
+    assert_eq!(violation(&gw, &frame(true, 0xB, MASK, b"")).await, 1002);
+    // Continuation with nothing to continue; invalid close code.
+    assert_eq!(violation(&gw, &frame(true, 0, MASK, b"x")).await, 1002);
+    assert_eq!(
+        violation(&gw, &frame(true, 8, MASK, &1005u16.to_be_bytes())).await,
+        1002
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn invalid_utf8_closes_with_1007_even_split_across_fragments() {
+    let gw = Gateway::start(&config("")).await;
+    assert_eq!(
+        violation(&gw, &frame(true, 1, MASK, &[0xC3, 0x28])).await,
+        1007
+    );
+    let euro = "€".as_bytes();
+    let mut bytes = frame(false, 1, MASK, &euro[..2]);
+    bytes.extend(frame(true, 0, MASK, &[0x28]));
+    assert_eq!(violation(&gw, &bytes).await, 1007);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn oversized_frames_and_messages_close_with_1009() {
+    let gw = Gateway::start(&config("")).await;
+    // One 2 MiB frame over a 1 MiB cap.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let big = frame(true, 2, MASK, &vec![0u8; 2 << 20]);
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        let _ = wr.write_all(&big).await;
+    };
+    let reader = async {
+        let mut h = [0u8; 4];
+        rd.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[0] & 0x0f, 8, "expected a Close frame");
+        u16::from_be_bytes([h[2], h[3]])
+    };
+    let (_, code) = tokio::join!(writer, tokio::time::timeout(WAIT, reader));
+    assert_eq!(code.unwrap(), 1009);
+    drop(s);
+
+    // An 8 MiB message in 64 KiB fragments: refused once the total passes 1 MiB.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        let chunk = vec![b'a'; 64 * 1024];
+        for i in 0..128 {
+            let op = if i == 0 { 1 } else { 0 };
+            if wr
+                .write_all(&frame(i == 127, op, MASK, &chunk))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    };
+    let reader = async {
+        let mut h = [0u8; 4];
+        rd.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[0] & 0x0f, 8, "expected a Close frame");
+        u16::from_be_bytes([h[2], h[3]])
+    };
+    let (_, code) = tokio::join!(writer, tokio::time::timeout(WAIT, reader));
+    assert_eq!(code.unwrap(), 1009);
+    drop(s);
+
+    // A header announcing 2^62 bytes is refused without waiting for (or allocating) them.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let mut head = vec![0x82u8, 0x80 | 127];
+    head.extend_from_slice(&(1u64 << 62).to_be_bytes());
+    head.extend_from_slice(&[1, 2, 3, 4]);
+    s.write_all(&head).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1009);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn subprotocol_is_the_first_offered_that_is_listed() {
+    let gw = Gateway::start(&config("")).await;
+    let req = format!("{UPGRADE}Sec-WebSocket-Protocol: other, chat.v2, chat.v1\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-protocol: chat.v2"),
+        "{head}"
+    );
+    let req = format!("{UPGRADE}Sec-WebSocket-Protocol: other\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101);
+    assert!(
+        !head.to_ascii_lowercase().contains("sec-websocket-protocol"),
+        "{head}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn bad_handshakes_get_400_or_426_and_the_connection_closes() {
+    let gw = Gateway::start(&config("")).await;
+    // Wrong version, with a second request pipelined behind it: 426, and nothing more is read.
+    let req = UPGRADE.replace("Version: 13", "Version: 1337")
+        + "\r\nGET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let (mut s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 426);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("sec-websocket-version: 13"),
+        "{head}"
+    );
+    let rest = String::from_utf8_lossy(&read_to_eof(&mut s).await).into_owned();
+    assert!(
+        !rest.contains("HTTP/1.1 200"),
+        "the pipelined request was served: {rest}"
+    );
+
+    let bad_key = UPGRADE.replace("dGhlIHNhbXBsZSBub25jZQ==", "c2hvcnQ=") + "\r\n";
+    let (_s, head) = raw_request(gw.addr(), bad_key.as_bytes()).await;
+    assert_eq!(status_of(&head), 400);
+    let no_conn = UPGRADE.replace("Connection: Upgrade", "Connection: keep-alive") + "\r\n";
+    let (_s, head) = raw_request(gw.addr(), no_conn.as_bytes()).await;
+    assert_eq!(status_of(&head), 400);
+    let post = UPGRADE.replace("GET", "POST") + "Content-Length: 0\r\n\r\n";
+    let (_s, head) = raw_request(gw.addr(), post.as_bytes()).await;
+    assert_eq!(status_of(&head), 400);
+    // A plain GET on an echo-only route says what the route speaks.
+    let (_s, head) = raw_request(gw.addr(), b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&head), 426);
+    let (_s, head) = raw_request(gw.addr(), b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&head), 404);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn origin_policy() {
+    let extra = "  allowed_origins: [\"https://client.com\", \"https://*.example.com\"]\n";
+    let gw = Gateway::start(&config(extra)).await;
+    let with = |o: &str| format!("{UPGRADE}Origin: {o}\r\n\r\n");
+    for (origin, status) in [
+        ("https://client.com", 101),
+        ("https://CLIENT.com:443", 101),
+        ("https://app.example.com", 101),
+        ("https://example.com", 403),
+        ("http://client.com", 403),
+        ("https://client.com:8443", 403),
+        ("https://evil.com", 403),
+    ] {
+        let (_s, head) = raw_request(gw.addr(), with(origin).as_bytes()).await;
+        assert_eq!(status_of(&head), status, "origin {origin}: {head}");
+    }
+    // No Origin (a non-browser client) is allowed unless require_origin.
+    let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 101);
+    gw.stop().await;
+
+    let gw = Gateway::start(&config("  require_origin: true\n")).await;
+    let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 403);
+    let (_s, head) = raw_request(gw.addr(), with("http://any.where").as_bytes()).await;
+    assert_eq!(status_of(&head), 101);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn pings_at_the_interval_and_closes_a_silent_peer() {
+    let extra = "  keep_alive_interval: 200ms\n  keep_alive_timeout: 300ms\n";
+    let gw = Gateway::start(&config(extra)).await;
+    // A peer that answers: pings keep coming, roughly at the interval.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let start = std::time::Instant::now();
+    for _ in 0..3 {
+        let (_, op, payload) = read_frame(&mut s).await;
+        assert_eq!(op, 9, "expected a Ping");
+        s.write_all(&frame(true, 0xA, MASK, &payload))
+            .await
+            .unwrap();
+    }
+    let elapsed = start.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(550),
+        "three pings came in {elapsed:?}"
+    );
+    // A silent peer: a Ping, then Close 1001 after the timeout, then EOF.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let (_, op, _) = read_frame(&mut s).await;
+    assert_eq!(op, 9);
+    assert_eq!(read_close_code(&mut s).await, 1001);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn silent_and_trickling_clients_are_closed_at_the_header_timeout() {
+    let yaml = format!(
+        "listen:\n{}http:\n  header_read_timeout: 300ms\nroutes: []\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    // Zero bytes.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let started = std::time::Instant::now();
+    read_to_eof(&mut s).await;
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // One byte at a time, never finishing the head.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let trickle = async {
+        for b in
+            b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+        {
+            if s.write_all(&[*b]).await.is_err() {
+                return true;
+            }
+            let mut probe = [0u8; 512];
+            match tokio::time::timeout(Duration::from_millis(50), s.read(&mut probe)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(_)) => return true, // an error response, then close
+                Err(_) => {}
+            }
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(WAIT, trickle).await.unwrap(),
+        "trickling client was never closed"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn health_and_sample_page() {
+    let mut gw = Gateway::start(&config("")).await;
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200);
+    assert_eq!(read_to_eof(&mut s).await, b"ok\n");
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200);
+    let page = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    for id in [
+        "connectionUrl",
+        "connectButton",
+        "sendButton",
+        "closeButton",
+        "commsLog",
+        "stateLabel",
+    ] {
+        assert!(page.contains(id), "page lacks #{id}");
+    }
+    gw.stop().await;
+
+    // Shutdown: health flips to 503 at once while the listeners still accept for drain_delay,
+    // then open WebSockets get 1001.
+    let mut gw =
+        Gateway::start(&config("").replace("health_path", "drain_delay: 2s\nhealth_path")).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    gw.begin_shutdown();
+    let flipped = async {
+        loop {
+            let (_s, head) =
+                raw_request(gw.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            if status_of(&head) == 503 {
+                break;
+            }
+            assert_eq!(status_of(&head), 200);
+        }
+    };
+    tokio::time::timeout(WAIT, flipped)
+        .await
+        .expect("health never answered 503");
+    // New upgrades are refused while draining.
+    let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 503);
+    assert!(gw.shutdown.is_draining());
+    assert_eq!(expect_close(&mut ws).await, 1001);
+    gw.stop().await;
+}
