@@ -1,11 +1,15 @@
 //! wsgate, a WebSocket gateway.
 //!
 //! Map of the crate:
+//! - [`admin`]: the admin listener: /metrics, /status and a live status page.
 //! - [`config`]: the YAML file, parsed and validated into one immutable snapshot.
 //! - [`server`]: the running gateway: the snapshot behind an `ArcSwap`, listeners, shutdown order.
+//! - [`limits`]: admission limits (sessions in all, per client address, rates).
 //! - [`listener`]: accepting TCP and TLS connections and handing them to hyper, with timeouts.
 //! - [`tls`]: rustls server configuration and certificate choice by SNI.
 //! - [`service`]: per-request dispatch: health, sample page, route, WebSocket mode.
+//! - [`proxy_protocol`]: PROXY v1/v2 headers from L4 load balancers (the real client address).
+//! - [`reload`]: SIGHUP and config-file watching that feed the server new snapshots.
 //! - [`router`]: host and path-prefix route matching.
 //! - [`ws`]: WebSocket handshake, origin policy, frame validation around fastwebsockets,
 //!   keep-alive, and the echo endpoint.
@@ -13,15 +17,23 @@
 //! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
 //! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.
 //! - [`upstream`]: balancing, health and connecting to the apps behind the gateway.
+//! - [`metrics`]: Prometheus counters, gauges and histograms per server.
+//! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
 //! - [`page`]: the embedded sample page.
 
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod listener;
+pub mod metrics;
+pub mod notify;
 pub mod page;
 pub mod proxy;
+pub mod proxy_protocol;
+pub mod reload;
 pub mod router;
 pub mod server;
 pub mod service;

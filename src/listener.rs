@@ -15,26 +15,22 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info_span, Instrument};
 
-use crate::config::Listener as ListenerConfig;
+use crate::config::{Listener as ListenerConfig, ListenerKey};
 use crate::error::Error;
+use crate::proxy_protocol;
 use crate::server::State;
 use crate::service::{self, ConnContext};
 use crate::shutdown::Shutdown;
-use crate::tls;
 
 pub struct BoundListener {
     pub listener: TcpListener,
     pub local_addr: SocketAddr,
-    pub tls: Option<TlsAcceptor>,
 }
 
 pub async fn bind(cfg: &ListenerConfig) -> Result<BoundListener, Error> {
-    let tls = match &cfg.tls {
-        Some(opts) => Some(TlsAcceptor::from(tls::server_config(opts)?)),
-        None => None,
-    };
     let listener = TcpListener::bind(cfg.address)
         .await
         .map_err(|source| Error::Bind {
@@ -48,18 +44,19 @@ pub async fn bind(cfg: &ListenerConfig) -> Result<BoundListener, Error> {
     Ok(BoundListener {
         listener,
         local_addr,
-        tls,
     })
 }
 
-/// Accepts until shutdown says stop. Each connection takes the config snapshot current at accept.
+/// Accepts until `stop` (shutdown, or a reload that removed the listener). Each connection
+/// takes the config snapshot current at accept, and with it the TLS certificates of the moment.
 pub async fn accept_loop(
     bound: BoundListener,
+    configured: ListenerKey,
     state: Arc<State>,
     shutdown: Shutdown,
     graceful: Arc<GracefulShutdown>,
+    stop: CancellationToken,
 ) {
-    let stop = shutdown.accepting_stopped().clone();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -74,35 +71,93 @@ pub async fn accept_loop(
             },
         };
         let _ = stream.set_nodelay(true);
-        let ctx = Arc::new(ConnContext {
-            snapshot: state.current(),
+        let snapshot = state.current();
+        let (tls, proxy_protocol) = snapshot
+            .listeners
+            .get(&configured)
+            .map_or((None, false), |l| (l.tls.clone(), l.proxy_protocol));
+        let accepted = Accepted {
+            stream,
             peer,
-            tls: bound.tls.is_some(),
+            tls,
+            proxy_protocol,
+            snapshot,
             shutdown: shutdown.clone(),
-            started: AtomicBool::new(false),
-        });
+            metrics: state.metrics.clone(),
+            limiter: state.limiter.clone(),
+            watcher: graceful.watcher(),
+        };
         let span =
-            info_span!("conn", %peer, listener = %bound.local_addr, tls = bound.tls.is_some());
-        let tls = bound.tls.clone();
-        let watcher = graceful.watcher();
+            info_span!("conn", %peer, listener = %bound.local_addr, tls = accepted.tls.is_some());
         shutdown
             .tasks()
-            .spawn(serve_connection(stream, tls, ctx, watcher).instrument(span));
+            .spawn(serve_connection(accepted).instrument(span));
     }
 }
 
-async fn serve_connection(
+/// A connection as accepted, before its PROXY header (if any) and TLS handshake.
+struct Accepted {
     stream: TcpStream,
+    peer: SocketAddr,
     tls: Option<TlsAcceptor>,
-    ctx: Arc<ConnContext>,
+    proxy_protocol: bool,
+    snapshot: Arc<crate::server::Snapshot>,
+    shutdown: Shutdown,
+    metrics: Arc<crate::metrics::Metrics>,
+    limiter: Arc<crate::limits::Limiter>,
     watcher: Watcher,
-) {
-    let http = &ctx.snapshot.config.http;
+}
+
+async fn serve_connection(a: Accepted) {
+    let Accepted {
+        mut stream,
+        mut peer,
+        tls,
+        proxy_protocol,
+        snapshot,
+        shutdown,
+        metrics,
+        limiter,
+        watcher,
+    } = a;
+    let http = snapshot.config.http.clone();
+    if proxy_protocol {
+        // The header comes first and fast from a balancer; the header timeout bounds it too.
+        match tokio::time::timeout(
+            http.header_read_timeout,
+            proxy_protocol::read_header(&mut stream),
+        )
+        .await
+        {
+            Ok(Ok(Some(client))) => {
+                tracing::Span::current().record("peer", tracing::field::display(client));
+                peer = client;
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                debug!(error = %e, "bad PROXY protocol header; closing");
+                return;
+            }
+            Err(_) => {
+                debug!("no PROXY protocol header within the header timeout; closing");
+                return;
+            }
+        }
+    }
+    let ctx = Arc::new(ConnContext {
+        snapshot,
+        peer,
+        tls: tls.is_some(),
+        shutdown,
+        metrics,
+        limiter,
+        started: AtomicBool::new(false),
+    });
     match tls {
-        None => serve_http(stream, ctx.clone(), watcher).await,
+        None => serve_http(stream, ctx, watcher).await,
         Some(acceptor) => {
             match tokio::time::timeout(http.tls_handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(tls_stream, ctx.clone(), watcher).await,
+                Ok(Ok(tls_stream)) => serve_http(tls_stream, ctx, watcher).await,
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
             }

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::EnvFilter;
 
 use wsgate::config::{self, Config, LogFormat};
@@ -51,7 +52,7 @@ fn main() -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Command::Run => match run(config) {
+        Command::Run => match run(config, cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("wsgate: {e:#}");
@@ -94,18 +95,39 @@ fn init_logging(config: &Config) {
 }
 
 #[tokio::main]
-async fn run(config: Config) -> anyhow::Result<()> {
+async fn run(config: Config, path: Option<PathBuf>) -> anyhow::Result<()> {
     init_logging(&config);
     let server = wsgate::Server::bind(config).await.context("starting")?;
-    server.run(shutdown_signal()).await?;
+    let reloader = server.reloader();
+    let hup = signal(SignalKind::hangup()).context("SIGHUP handler")?;
+    let term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
+    let int = signal(SignalKind::interrupt()).context("SIGINT handler")?;
+    tokio::spawn(wsgate::reload::on_sighup(
+        hup,
+        path.clone(),
+        reloader.clone(),
+    ));
+    if let Some(path) = path {
+        tokio::spawn(wsgate::reload::watch_file(path, reloader));
+    }
+    notify("READY=1");
+    server
+        .run(async {
+            shutdown_signal(term, int).await;
+            notify("STOPPING=1");
+        })
+        .await?;
     Ok(())
 }
 
+fn notify(state: &str) {
+    if let Err(e) = wsgate::notify::notify(state) {
+        tracing::warn!(error = %e, state, "could not notify the service manager");
+    }
+}
+
 /// SIGTERM (service managers, Kubernetes) or SIGINT (Ctrl-C) starts the graceful shutdown.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+async fn shutdown_signal(mut term: Signal, mut int: Signal) {
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM received"),
         _ = int.recv() => tracing::info!("SIGINT received"),

@@ -1,33 +1,52 @@
-//! The running gateway: the current config snapshot behind one `ArcSwap`, the listeners, and the
-//! shutdown sequence.
+//! The running gateway: the current config snapshot behind one `ArcSwap`, the listeners, reloads
+//! and the shutdown sequence.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::config::Config;
+use crate::admin;
+use crate::config::{Config, ListenerKey, Route, RouteChange};
 use crate::error::Error;
+use crate::limits::Limiter;
 use crate::listener::{self, BoundListener};
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::shutdown::Shutdown;
+use crate::tls;
 use crate::upstream::RouteUpstreams;
 
 /// One immutable, validated configuration with everything derived from it. A connection holds
-/// the `Arc` it took at accept for its whole life.
+/// the `Arc` it took at accept for its whole life, so a reload never changes the routes, limits
+/// or upstreams under an open connection.
 pub struct Snapshot {
     pub config: Config,
     pub router: Router,
     /// Indexed like `config.routes`; `None` for routes without upstreams.
     pub upstreams: Vec<Option<Arc<RouteUpstreams>>>,
+    /// Per-listener settings: a reload with new certificate files changes what new handshakes
+    /// get, while open connections keep theirs.
+    pub listeners: HashMap<ListenerKey, ListenerSettings>,
+    /// Indexed like `config.routes`: cancelled when the route's WebSockets must close with 1001
+    /// (shutdown cancels them all, being their parent; a draining reload cancels some).
+    pub route_closing: Vec<CancellationToken>,
 }
 
 impl Snapshot {
-    /// Fails on what only shows when files are parsed (a CA bundle that is not PEM).
-    pub fn new(config: Config) -> Result<Self, Error> {
+    /// Builds everything a config needs that can still fail: certificates and keys, CA files.
+    /// `closing` is the shutdown token the routes' tokens descend from.
+    pub fn new(config: Config, closing: &CancellationToken) -> Result<Self, Error> {
         let router = Router::new(&config.routes);
         let upstreams = config
             .routes
@@ -40,10 +59,31 @@ impl Snapshot {
                 }
             })
             .collect::<Result<_, Error>>()?;
+        let mut listeners = HashMap::new();
+        for (l, key) in config.listen.iter().zip(config.listener_keys()) {
+            let tls = match &l.tls {
+                Some(opts) => Some(TlsAcceptor::from(tls::server_config(opts)?)),
+                None => None,
+            };
+            listeners.insert(
+                key,
+                ListenerSettings {
+                    tls,
+                    proxy_protocol: l.proxy_protocol,
+                },
+            );
+        }
+        let route_closing = config
+            .routes
+            .iter()
+            .map(|_| closing.child_token())
+            .collect();
         Ok(Self {
             config,
             router,
             upstreams,
+            listeners,
+            route_closing,
         })
     }
 
@@ -53,39 +93,98 @@ impl Snapshot {
     }
 }
 
-/// What every task can reach: the current snapshot.
+pub struct ListenerSettings {
+    pub tls: Option<TlsAcceptor>,
+    pub proxy_protocol: bool,
+}
+
+/// What every task can reach: the current snapshot and the server's metrics.
 pub struct State {
     current: ArcSwap<Snapshot>,
+    generation: AtomicU64,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
 }
 
 impl State {
     pub fn current(&self) -> Arc<Snapshot> {
         self.current.load_full()
     }
+
+    /// 1 for the config the server started with, +1 for each reload that was swapped in.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Relaxed)
+    }
+}
+
+type ReloadRequest = (Config, oneshot::Sender<Result<u64, Error>>);
+
+/// Hands new configurations to a running server. The file is parsed and validated by the caller
+/// (so its error can name file, line and key); the server then builds the snapshot, binds new
+/// listeners, and swaps, or rejects the whole reload and keeps serving the old snapshot.
+#[derive(Clone)]
+pub struct Reloader {
+    tx: mpsc::Sender<ReloadRequest>,
+    state: Arc<State>,
+}
+
+impl Reloader {
+    /// Returns the new generation, or why the running config stays.
+    pub async fn reload(&self, config: Config) -> Result<u64, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((config, reply))
+            .await
+            .map_err(|_| Error::Internal("the server is no longer running".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the server stopped during the reload".into()))?
+    }
+
+    /// Records a reload that failed before it reached the server (a file that did not parse).
+    pub fn rejected(&self, error: &dyn std::fmt::Display) {
+        warn!(error = %error, "reload rejected; the running configuration stays");
+        self.state.metrics.reloaded(false, 0);
+    }
 }
 
 pub struct Server {
     state: Arc<State>,
     listeners: Vec<BoundListener>,
+    admin: Option<TcpListener>,
     shutdown: Shutdown,
+    reload_tx: mpsc::Sender<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
 }
 
 impl Server {
     /// Binds every listener (TLS files are read here) so that errors come out before anything
     /// is served, and tests can learn the ports of `127.0.0.1:0` listeners.
     pub async fn bind(config: Config) -> Result<Server, Error> {
-        let snapshot = Snapshot::new(config)?;
+        let shutdown = Shutdown::new();
+        let snapshot = Snapshot::new(config, shutdown.sockets_closing())?;
         let config = &snapshot.config;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for l in &config.listen {
             listeners.push(listener::bind(l).await?);
         }
+        let admin = match config.admin {
+            Some(addr) => Some(admin::bind(addr).await?),
+            None => None,
+        };
+        let (reload_tx, reload_rx) = mpsc::channel(4);
         Ok(Server {
             state: Arc::new(State {
                 current: ArcSwap::from_pointee(snapshot),
+                generation: AtomicU64::new(1),
+                metrics: Arc::new(Metrics::new()),
+                limiter: Arc::new(Limiter::default()),
             }),
             listeners,
-            shutdown: Shutdown::new(),
+            admin,
+            shutdown,
+            reload_tx,
+            reload_rx,
         })
     }
 
@@ -97,23 +196,78 @@ impl Server {
         self.shutdown.clone()
     }
 
+    /// The admin listener's bound address, when one is configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
+    pub fn state(&self) -> Arc<State> {
+        self.state.clone()
+    }
+
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
+            tx: self.reload_tx.clone(),
+            state: self.state.clone(),
+        }
+    }
+
     /// Serves until `signal` resolves, then shuts down in layers within `shutdown_grace`:
-    /// health says 503, listeners stop, HTTP connections drain, WebSockets get 1001.
+    /// health says 503, listeners keep accepting for `drain_delay`, then stop; HTTP connections
+    /// drain, WebSockets get 1001 (spread over `close_spread`).
     pub async fn run(self, signal: impl Future<Output = ()>) -> Result<(), Error> {
         let Server {
             state,
             listeners,
+            admin,
             shutdown,
+            reload_tx,
+            mut reload_rx,
         } = self;
-        let graceful = Arc::new(GracefulShutdown::new());
-        let mut accepting = Vec::with_capacity(listeners.len());
-        for bound in listeners {
-            info!(address = %bound.local_addr, tls = bound.tls.is_some(), "listening");
-            let task =
-                listener::accept_loop(bound, state.clone(), shutdown.clone(), graceful.clone());
-            accepting.push(tokio::spawn(task));
+        drop(reload_tx);
+        if let Some(listener) = admin {
+            tokio::spawn(admin::serve(listener, state.clone(), shutdown.clone()));
         }
-        signal.await;
+        let graceful = Arc::new(GracefulShutdown::new());
+        let mut running = Running {
+            state: state.clone(),
+            shutdown: shutdown.clone(),
+            graceful: graceful.clone(),
+            accepting: HashMap::new(),
+            health: shutdown.accepting_stopped().child_token(),
+        };
+        let snapshot = state.current();
+        for (bound, key) in listeners.into_iter().zip(snapshot.config.listener_keys()) {
+            running.start_listener(key, bound);
+        }
+        crate::upstream::health::spawn_health_checks(
+            &snapshot,
+            running.health.clone(),
+            shutdown.tasks(),
+        );
+        drop(snapshot);
+
+        tokio::pin!(signal);
+        loop {
+            tokio::select! {
+                _ = &mut signal => break,
+                Some((config, reply)) = reload_rx.recv() => {
+                    let result = running.reload(config).await;
+                    match &result {
+                        Ok(generation) => {
+                            info!(generation, "configuration reloaded");
+                            state.metrics.reloaded(true, *generation);
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "reload rejected; the running configuration stays");
+                            state.metrics.reloaded(false, 0);
+                        }
+                    }
+                    let _ = reply.send(result);
+                }
+            }
+        }
+
         let (grace, drain_delay) = {
             let snapshot = state.current();
             (snapshot.config.shutdown_grace, snapshot.config.drain_delay)
@@ -123,9 +277,10 @@ impl Server {
         shutdown.begin_draining();
         tokio::time::sleep(drain_delay.min(grace)).await;
         shutdown.stop_accepting();
-        for task in accepting {
+        for (_, (_, task)) in running.accepting.drain() {
             let _ = task.await;
         }
+        drop(running);
         shutdown.close_sockets();
         shutdown.tasks().close();
         let drained = tokio::time::timeout_at(deadline, async {
@@ -145,4 +300,93 @@ impl Server {
         }
         Ok(())
     }
+}
+
+/// The parts of a running server a reload changes.
+struct Running {
+    state: Arc<State>,
+    shutdown: Shutdown,
+    graceful: Arc<GracefulShutdown>,
+    /// Accept loops by configured address, each with its own stop token.
+    accepting: HashMap<ListenerKey, (CancellationToken, JoinHandle<()>)>,
+    /// Stops the current snapshot's health checkers.
+    health: CancellationToken,
+}
+
+impl Running {
+    fn start_listener(&mut self, configured: ListenerKey, bound: BoundListener) {
+        let tls = self
+            .state
+            .current()
+            .listeners
+            .get(&configured)
+            .is_some_and(|l| l.tls.is_some());
+        info!(address = %bound.local_addr, tls, "listening");
+        let stop = self.shutdown.accepting_stopped().child_token();
+        let task = listener::accept_loop(
+            bound,
+            configured,
+            self.state.clone(),
+            self.shutdown.clone(),
+            self.graceful.clone(),
+            stop.clone(),
+        );
+        self.accepting
+            .insert(configured, (stop, tokio::spawn(task)));
+    }
+
+    /// Validates and swaps in `config`. Nothing changes unless every step that can fail
+    /// (certificates, CA files, binding new addresses) has succeeded.
+    async fn reload(&mut self, config: Config) -> Result<u64, Error> {
+        let snapshot = Arc::new(Snapshot::new(config, self.shutdown.sockets_closing())?);
+        let mut added = Vec::new();
+        let keys = snapshot.config.listener_keys();
+        for (l, key) in snapshot.config.listen.iter().zip(&keys) {
+            if !self.accepting.contains_key(key) {
+                added.push((*key, listener::bind(l).await?));
+            }
+        }
+        let old = self.state.current.swap(snapshot.clone());
+        let generation = self.state.generation.fetch_add(1, Ordering::Relaxed) + 1;
+
+        for (configured, bound) in added {
+            self.start_listener(configured, bound);
+        }
+        self.accepting.retain(|key, (stop, _)| {
+            let keep = keys.contains(key);
+            if !keep {
+                info!(address = %key.address, "listener removed");
+                stop.cancel();
+            }
+            keep
+        });
+
+        self.health.cancel();
+        self.health = self.shutdown.accepting_stopped().child_token();
+        crate::upstream::health::spawn_health_checks(
+            &snapshot,
+            self.health.clone(),
+            self.shutdown.tasks(),
+        );
+
+        if snapshot.config.on_route_change == RouteChange::Drain {
+            for (index, route) in old.config.routes.iter().enumerate() {
+                if !still_served(route, &snapshot.config.routes) {
+                    info!(route = %route.path, "route removed or changed; draining its WebSockets");
+                    old.route_closing[index].cancel();
+                }
+            }
+        }
+        Ok(generation)
+    }
+}
+
+/// Whether a route of the old config is in the new one unchanged (its line may have moved).
+fn still_served(route: &Route, routes: &[Route]) -> bool {
+    routes.iter().any(|r| {
+        Route {
+            line: route.line,
+            ..r.clone()
+        } == *route
+    })
 }

@@ -16,10 +16,13 @@ use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::WsMode;
 use crate::error::ClientError;
+use crate::limits::{Limiter, Permit, Refusal};
+use crate::metrics::Metrics;
 use crate::proxy;
 use crate::router::host_without_port;
 use crate::server::Snapshot;
 use crate::shutdown::Shutdown;
+use crate::ws::session::close_requested;
 use crate::ws::{echo, handshake, origin, relay};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -32,6 +35,8 @@ pub struct ConnContext {
     pub peer: SocketAddr,
     pub tls: bool,
     pub shutdown: Shutdown,
+    pub metrics: Arc<Metrics>,
+    pub limiter: Arc<Limiter>,
     /// Set by the first request, so the listener's first-byte timer knows the client spoke.
     pub started: AtomicBool,
 }
@@ -89,23 +94,58 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
             proxy::http::forward(ctx, index, req).await
         };
     }
+    let metrics = &ctx.metrics;
+    let started = std::time::Instant::now();
     let hs = match handshake::validate(&req) {
         Ok(hs) => hs,
-        Err(e) => return refuse(ctx, &e),
+        Err(e) => {
+            metrics.upgrade(&route.path, "handshake");
+            return refuse(ctx, &e);
+        }
     };
     if route.websocket == WsMode::Reject {
+        metrics.upgrade(&route.path, "rejected");
         return refuse(ctx, &ClientError::UpgradeRejected);
     }
     if let Err(e) = origin::check(req.headers(), &route.ws) {
+        metrics.upgrade(&route.path, "origin");
         return refuse(ctx, &e);
     }
     if ctx.shutdown.is_draining() {
+        metrics.upgrade(&route.path, "draining");
         return with_close(text(StatusCode::SERVICE_UNAVAILABLE, "draining"));
     }
+    let client = ctx.client_ip(req.headers());
+    let permit = match ctx.limiter.admit(client, &config.limits) {
+        Ok(permit) => permit,
+        Err(refusal) => {
+            metrics.upgrade(&route.path, "limits");
+            let (status, why) = match refusal {
+                Refusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
+                Refusal::Rate => (StatusCode::TOO_MANY_REQUESTS, "too many new connections"),
+            };
+            warn!(peer = %ctx.peer, client = %client, why, "upgrade refused by limits");
+            return with_close(text(status, why));
+        }
+    };
     match route.websocket {
         WsMode::Echo => {}
-        WsMode::Relay => return relay::handle(ctx, index, req, hs).await,
-        WsMode::Passthrough => return proxy::passthrough::handle(ctx, index, req).await,
+        WsMode::Relay => {
+            let admitted = Admitted {
+                permit,
+                client,
+                started,
+            };
+            return relay::handle(ctx, index, req, hs, admitted).await;
+        }
+        WsMode::Passthrough => {
+            let admitted = Admitted {
+                permit,
+                client,
+                started,
+            };
+            return proxy::passthrough::handle(ctx, index, req, admitted).await;
+        }
         WsMode::Reject => unreachable!("rejected above"),
     }
     let protocol = handshake::select_protocol(&hs.offered_protocols, &route.subprotocols);
@@ -113,9 +153,16 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         .body(empty())
         .expect("valid 101");
     let on_upgrade = hyper::upgrade::on(&mut req);
+    metrics.upgrade(&route.path, "accepted");
+    metrics.handshake(&route.path, "echo", started.elapsed());
+    let metrics = metrics.clone();
     let snapshot = ctx.snapshot.clone();
-    let closing = ctx.shutdown.sockets_closing().clone();
-    let span = info_span!("ws", peer = %ctx.peer, route = %route.path, mode = "echo");
+    let closing = close_requested(
+        ctx.snapshot.route_closing[index].clone(),
+        ctx.snapshot.config.close_spread,
+        ctx.snapshot.config.max_connection_age,
+    );
+    let span = info_span!("ws", peer = %client, route = %route.path, mode = "echo");
     ctx.shutdown.tasks().spawn(
         async move {
             let upgraded = match on_upgrade.await {
@@ -125,9 +172,16 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
                     return;
                 }
             };
-            let opts = &snapshot.config.routes[index].ws;
-            let end = echo::run(TokioIo::new(upgraded), opts, &closing).await;
+            let _permit = permit;
+            let route = &snapshot.config.routes[index];
+            let _open = metrics.session_open(&route.path, "echo");
+            let started = std::time::Instant::now();
+            let rate = snapshot.config.limits.message_rate;
+            let end = echo::run(TokioIo::new(upgraded), &route.ws, rate, closing).await;
+            metrics.session_ended(&route.path, "echo", &end, started.elapsed());
             info!(
+                target: "wsgate::access",
+                duration_ms = started.elapsed().as_millis() as u64,
                 code = end.code,
                 closed_by = %end.closed_by,
                 reason = %end.reason,
@@ -141,6 +195,43 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         .instrument(span),
     );
     response
+}
+
+/// An upgrade that passed every check of the gateway's own: what a mode needs to carry into
+/// its session (the limiter's slot, held until the session ends) and to report.
+pub struct Admitted {
+    pub permit: Permit,
+    /// The real client address (PROXY header or trusted X-Forwarded-For), for balancing.
+    pub client: std::net::IpAddr,
+    /// When the upgrade request arrived, for the handshake-latency histogram.
+    pub started: std::time::Instant,
+}
+
+impl ConnContext {
+    /// The client's address: the TCP peer (or the PROXY header's source), unless that peer is a
+    /// trusted proxy, in which case the right-most untrusted `X-Forwarded-For` entry (entries
+    /// further left were written by the client itself and prove nothing).
+    pub fn client_ip(&self, headers: &http::HeaderMap) -> std::net::IpAddr {
+        let trusted = &self.snapshot.config.trusted_proxies;
+        let peer = self.peer.ip();
+        if !trusted.iter().any(|c| c.contains(peer)) {
+            return peer;
+        }
+        let forwarded: Vec<std::net::IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|s| s.trim().parse().ok())
+            .collect();
+        forwarded
+            .iter()
+            .rev()
+            .find(|ip| !trusted.iter().any(|c| c.contains(**ip)))
+            .or(forwarded.first())
+            .copied()
+            .unwrap_or(peer)
+    }
 }
 
 /// The Host a request was sent to: the URI authority (HTTP/2, absolute-form) or the Host header.

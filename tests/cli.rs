@@ -129,3 +129,74 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn sighup_reloads_and_systemd_is_notified() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = TempDir::new("cli-hup");
+    let file = dir.path().join("hup.yaml");
+    let good = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n";
+    std::fs::write(&file, good).unwrap();
+    let notify_path = dir.path().join("notify.sock");
+    let notify = UnixDatagram::bind(&notify_path).unwrap();
+    notify.set_read_timeout(Some(WAIT)).unwrap();
+    let recv = || {
+        let mut buf = [0u8; 256];
+        let n = notify
+            .recv(&mut buf)
+            .expect("a notification within the wait");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let mut child = wsgate()
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .env("NOTIFY_SOCKET", &notify_path)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(recv(), "READY=1");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut wait_for = |needle: &str| loop {
+        let line = lines.next().expect("gateway exited").unwrap();
+        if line.contains(needle) {
+            return line;
+        }
+    };
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A broken file is rejected with its location; the process keeps running.
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - pth: /x\n",
+    )
+    .unwrap();
+    hup();
+    let line = wait_for("reload rejected");
+    assert!(line.contains("hup.yaml:4:"), "{line}");
+    assert!(recv().starts_with("RELOADING=1\nMONOTONIC_USEC="));
+    assert_eq!(recv(), "READY=1");
+    // A good one is swapped in.
+    std::fs::write(
+        &file,
+        format!("{good}  - path: /more\n    websocket: echo\n"),
+    )
+    .unwrap();
+    hup();
+    let line = wait_for("configuration reloaded");
+    assert!(line.contains("generation=2"), "{line}");
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // Notifications from the watcher's reload may come in between; STOPPING=1 must come.
+    while recv() != "STOPPING=1" {}
+    std::thread::spawn(move || for _ in lines {});
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

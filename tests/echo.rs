@@ -337,7 +337,7 @@ async fn silent_and_trickling_clients_are_closed_at_the_header_timeout() {
 
 #[tokio::test]
 async fn health_and_sample_page() {
-    let mut gw = Gateway::start(&config("")).await;
+    let gw = Gateway::start(&config("")).await;
     let (mut s, head) = raw_request(
         gw.addr(),
         b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

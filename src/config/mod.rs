@@ -37,12 +37,97 @@ pub struct Config {
     pub websockets_enabled: bool,
     pub routes: Vec<Route>,
     pub log: LogOptions,
+    /// `on_route_change`: what a reload does to open WebSockets whose route was removed or changed.
+    pub on_route_change: RouteChange,
+    /// `close_spread`: 1001s for shutdown and route drains are spread over this window, so
+    /// clients do not all reconnect at the same instant.
+    pub close_spread: Duration,
+    /// `max_connection_age`: WebSockets older than this (plus up to 10% jitter) are closed with
+    /// 1001, so long-lived connections rebalance; zero keeps them forever.
+    pub max_connection_age: Duration,
+    pub limits: Limits,
+    /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed for the client address.
+    pub trusted_proxies: Vec<Cidr>,
+    /// `admin.address`: where `/metrics`, `/status` and the status page are served; absent: off.
+    pub admin: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub address: SocketAddr,
     pub tls: Option<TlsOptions>,
+    /// `proxy_protocol`: every connection starts with a PROXY v1 or v2 header (AWS NLB, HAProxy)
+    /// that names the real client; connections without a valid one are closed.
+    pub proxy_protocol: bool,
+}
+
+/// Identifies a listener across reloads: its configured address, and which of the listeners
+/// with that same address it is (tests and tools list several `127.0.0.1:0` listeners).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ListenerKey {
+    pub address: SocketAddr,
+    pub nth: usize,
+}
+
+impl Config {
+    /// The key of each entry of `listen`, in order.
+    pub fn listener_keys(&self) -> Vec<ListenerKey> {
+        self.listen
+            .iter()
+            .enumerate()
+            .map(|(i, l)| ListenerKey {
+                address: l.address,
+                nth: self.listen[..i]
+                    .iter()
+                    .filter(|o| o.address == l.address)
+                    .count(),
+            })
+            .collect()
+    }
+}
+
+/// Admission limits for WebSocket sessions, so one client or a flood cannot take the gateway.
+/// Zero means no limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Limits {
+    /// `limits.max_connections`: open WebSocket sessions in all; beyond it 503.
+    pub max_connections: usize,
+    /// `limits.max_connections_per_ip`: open sessions per client address; beyond it 503.
+    pub max_connections_per_ip: usize,
+    /// `limits.connection_rate_per_ip`: new sessions per second per client address (the burst is
+    /// one second's worth); beyond it 429.
+    pub connection_rate_per_ip: u32,
+    /// `limits.message_rate`: messages per second per session (burst: one second's worth);
+    /// beyond it Close 1008.
+    pub message_rate: u32,
+}
+
+/// An address range in CIDR form (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    pub network: std::net::IpAddr,
+    pub prefix: u8,
+}
+
+impl Cidr {
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = u128::MAX.checked_shl(128 - self.prefix as u32).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -208,6 +293,14 @@ pub struct HealthCheck {
     pub timeout: Duration,
     pub unhealthy_after: u32,
     pub healthy_after: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteChange {
+    /// Open connections keep the route they were accepted under (the default).
+    Keep,
+    /// Open connections on a removed or changed route are closed with 1001.
+    Drain,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -17,8 +17,9 @@ use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
 
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
-    Balance, CertificatePair, Config, HealthCheck, HostPattern, HttpOptions, Listener, LogFormat,
-    LogOptions, OriginPattern, Route, TlsOptions, Upstream, WsMode, WsOptions,
+    Balance, CertificatePair, Cidr, Config, HealthCheck, HostPattern, HttpOptions, Limits,
+    Listener, LogFormat, LogOptions, OriginPattern, Route, RouteChange, TlsOptions, Upstream,
+    WsMode, WsOptions,
 };
 
 const KIB: usize = 1024;
@@ -413,6 +414,21 @@ impl<'a> Field<'a> {
 
     /// A threshold such as `unhealthy_after`: zero would mean "before any probe", so 1 is the
     /// smallest meaningful value.
+    /// A limit: a whole number, where 0 means "no limit".
+    fn count_or_zero(&self) -> Result<u32> {
+        match &self.node.value {
+            Value::Int(n) => n.parse::<u32>().map_err(|_| {
+                self.error(format!(
+                    "expected a whole number (0 for no limit), found {n}"
+                ))
+            }),
+            _ => Err(self.error(format!(
+                "expected a whole number (0 for no limit), found {}",
+                self.found()
+            ))),
+        }
+    }
+
     fn count(&self) -> Result<u32> {
         let expected = "a whole number of at least 1";
         match &self.node.value {
@@ -570,8 +586,21 @@ const TOP_KEYS: &[&str] = &[
     "http",
     "websockets",
     "routes",
+    "admin",
+    "on_route_change",
+    "close_spread",
+    "max_connection_age",
+    "limits",
+    "trusted_proxies",
 ];
-const LISTEN_KEYS: &[&str] = &["address", "tls"];
+const ADMIN_KEYS: &[&str] = &["address"];
+const LISTEN_KEYS: &[&str] = &["address", "tls", "proxy_protocol"];
+const LIMIT_KEYS: &[&str] = &[
+    "max_connections",
+    "max_connections_per_ip",
+    "connection_rate_per_ip",
+    "message_rate",
+];
 const TLS_KEYS: &[&str] = &["certificates"];
 const CERT_KEYS: &[&str] = &["cert", "key"];
 const HTTP_KEYS: &[&str] = &[
@@ -660,6 +689,38 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             .unwrap_or_default(),
         websockets,
         websockets_enabled,
+        on_route_change: top
+            .opt("on_route_change", |f| {
+                f.choice(&[("keep", RouteChange::Keep), ("drain", RouteChange::Drain)])
+            })?
+            .unwrap_or(RouteChange::Keep),
+        close_spread: top
+            .opt("close_spread", Field::duration)?
+            .unwrap_or(Duration::ZERO),
+        max_connection_age: top
+            .opt("max_connection_age", Field::duration)?
+            .unwrap_or(Duration::ZERO),
+        limits: top
+            .opt("limits", |f| {
+                let map = f.map(&[LIMIT_KEYS])?;
+                let number = |key: &str| -> Result<u32> {
+                    Ok(map.opt(key, Field::count_or_zero)?.unwrap_or(0))
+                };
+                Ok(Limits {
+                    max_connections: number("max_connections")? as usize,
+                    max_connections_per_ip: number("max_connections_per_ip")? as usize,
+                    connection_rate_per_ip: number("connection_rate_per_ip")?,
+                    message_rate: number("message_rate")?,
+                })
+            })?
+            .unwrap_or_default(),
+        trusted_proxies: top
+            .opt("trusted_proxies", |f| f.list(|item| item.parse(cidr)))?
+            .unwrap_or_default(),
+        admin: top.opt("admin", |f| {
+            let map = f.map(&[ADMIN_KEYS])?;
+            map.required("address")?.parse(listen_address)
+        })?,
         log: LogOptions {
             level: top
                 .opt("log_level", Field::string)?
@@ -690,9 +751,37 @@ fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
             }
         }
         let tls = map.opt("tls", |f| tls_options(f, base_dir))?;
-        listeners.push((Listener { address, tls }, address_field.node.pos.line));
+        let proxy_protocol = map.opt("proxy_protocol", Field::bool)?.unwrap_or(false);
+        listeners.push((
+            Listener {
+                address,
+                tls,
+                proxy_protocol,
+            },
+            address_field.node.pos.line,
+        ));
     }
     Ok(listeners.into_iter().map(|(l, _)| l).collect())
+}
+
+/// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
+fn cidr(s: &str) -> Result<Cidr, String> {
+    let invalid = || format!("invalid address range {s:?} (use CIDR, e.g. 10.0.0.0/8 or ::1/128)");
+    let (ip, prefix) = match s.split_once('/') {
+        Some((ip, p)) => (ip, Some(p)),
+        None => (s, None),
+    };
+    let network: std::net::IpAddr = ip.parse().map_err(|_| invalid())?;
+    let max = if network.is_ipv4() { 32 } else { 128 };
+    let prefix = match prefix {
+        Some(p) => p
+            .parse::<u8>()
+            .ok()
+            .filter(|p| *p <= max)
+            .ok_or_else(invalid)?,
+        None => max,
+    };
+    Ok(Cidr { network, prefix })
 }
 
 /// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
@@ -1279,7 +1368,8 @@ routes:
             c.listen[0],
             Listener {
                 address: "0.0.0.0:80".parse().unwrap(),
-                tls: None
+                tls: None,
+                proxy_protocol: false,
             }
         );
         assert_eq!(c.listen[1].address, "[::1]:8443".parse().unwrap());

@@ -1,31 +1,526 @@
 //! HTTP reverse proxy: every request on a route that is not a WebSocket upgrade.
+//!
+//! Bodies are streamed both ways (the client's `Incoming` goes straight into the upstream
+//! request and the upstream's `Incoming` straight into the response), so memory per request is
+//! bounded by hyper's buffers, not by body size.
 
+use std::error::Error as StdError;
+use std::fmt::Write as _;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{capture_connection, HttpConnector};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tracing::{debug, warn};
 
-use crate::config::Route;
-use crate::error::Error;
-use crate::service::{text, Body, ConnContext};
+use crate::config::{Balance, Route, Upstream};
+use crate::error::{Error, UpstreamError};
+use crate::service::{text, Body, BoxError, ConnContext};
+use crate::upstream::{self, connect, Lease, STICKY_COOKIE};
 
-/// The pooled client a route uses for its upstreams.
-pub struct HttpClient {}
+/// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers
+/// and cloud load balancers allow, so we close first instead of reusing a connection the app is
+/// about to drop.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Idle connections kept per upstream: enough for bursts, not so many that a spike leaves
+/// hundreds of sockets open on the app for the whole idle timeout.
+const POOL_MAX_IDLE_PER_HOST: usize = 64;
+
+/// Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): they describe one
+/// connection, so they never cross the proxy in either direction.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+type Connector = HttpsConnector<HttpConnector>;
+
+/// The pooled client a route uses for its upstreams. One per route and config snapshot, so a
+/// reload that changes `ca:` never reuses connections verified against the old one.
+pub struct HttpClient {
+    client: Client<Connector, Incoming>,
+}
 
 impl HttpClient {
-    pub fn new(_route: &Route) -> Result<Self, Error> {
-        Ok(Self {})
+    pub fn new(route: &Route) -> Result<Self, Error> {
+        // Without https upstreams the TLS side is never used; an empty root store saves reading
+        // the system certificates once more per route.
+        let tls = if route.upstreams.iter().any(|u| u.tls) {
+            connect::client_config(route, &[b"h2", b"http/1.1"])?
+        } else {
+            Arc::new(
+                rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+                    .with_safe_default_protocol_versions()
+                    .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+            )
+        };
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        // A backstop only: `forward` bounds connect + response head by `upstream_timeout`.
+        http.set_connect_timeout(Some(route.upstream_timeout));
+        // The From impl keeps the config's ALPN (h2, http/1.1) as is; hyper-util then speaks h2
+        // to upstreams that negotiate it, HTTP/1.1 to the rest.
+        let connector = HttpsConnector::from((http, tls));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+            .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(connector);
+        Ok(Self { client })
     }
 }
 
 /// Forwards `req` to one of route `index`'s upstreams.
 pub async fn forward(
-    _ctx: &Arc<ConnContext>,
-    _index: usize,
-    _req: Request<Incoming>,
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    req: Request<Incoming>,
 ) -> Response<Body> {
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        "HTTP proxying is not available yet",
-    )
+    let resp = exchange(ctx, index, req).await;
+    let route = &ctx.snapshot.config.routes[index];
+    ctx.metrics
+        .http_request(&route.path, resp.status().as_u16());
+    resp
+}
+
+async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) -> Response<Body> {
+    let route = &ctx.snapshot.config.routes[index];
+    let Some(upstreams) = ctx.snapshot.upstreams(index) else {
+        // service.rs only calls us for routes with upstreams; a snapshot without them is a bug.
+        warn!(route = %route.path, "route has no upstream set");
+        return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
+    };
+    let client_ip = canonical(ctx.client_ip(req.headers()));
+    let sticky = upstream::sticky_cookie(req.headers()).map(str::to_owned);
+    let lease = match upstreams.set.pick(client_ip, sticky.as_deref()) {
+        Ok(lease) => lease,
+        Err(e) => {
+            warn!(route = %route.path, error = %e, "no upstream to forward to");
+            return upstream_error_response(&e);
+        }
+    };
+    let mut out = match build_request(ctx, lease.upstream(), req) {
+        Ok(r) => r,
+        Err(e) => {
+            debug!(error = %e, "request cannot be forwarded");
+            return text(StatusCode::BAD_REQUEST, "bad request");
+        }
+    };
+    let connection = capture_connection(&mut out);
+    let sent = tokio::time::timeout(route.upstream_timeout, upstreams.http.client.request(out));
+    let resp = match sent.await {
+        Ok(Ok(resp)) => resp,
+        Ok(Err(e)) => {
+            let failure = classify(&e);
+            match &failure {
+                Failure::Upstream(kind) => {
+                    lease.report_failure();
+                    log_failure(route, lease.upstream(), kind);
+                    return upstream_error_response(kind);
+                }
+                Failure::Client(message) => {
+                    // The client's own body broke (it went away mid-upload): not the app's fault.
+                    let upstream = &lease.upstream().url;
+                    debug!(%upstream, error = %message, "request body failed");
+                    return text(StatusCode::BAD_REQUEST, "request body could not be read");
+                }
+            }
+        }
+        Err(_) => {
+            // Only a connect that never finished counts against the upstream: a slow answer is
+            // load, and ejecting on it would take out every instance exactly when all are busy.
+            if connection.connection_metadata().is_none() {
+                lease.report_failure();
+            }
+            let kind = UpstreamError::Timeout;
+            log_failure(route, lease.upstream(), &kind);
+            return upstream_error_response(&kind);
+        }
+    };
+    lease.report_success();
+    let set_cookie = (upstreams.set.balance() == Balance::Cookie
+        && sticky.as_deref() != Some(lease.target.id.as_str()))
+    .then(|| sticky_set_cookie(&lease.target.id));
+
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    if let Some(cookie) = set_cookie {
+        parts.headers.append(header::SET_COOKIE, cookie);
+    }
+    // hyper's server writes the version it speaks with the client; an upstream's HTTP/2 or
+    // HTTP/1.0 must not leak into that.
+    parts.version = Version::HTTP_11;
+    let body = LeasedBody {
+        inner: body,
+        lease: Some(lease),
+    };
+    Response::from_parts(parts, body.boxed())
+}
+
+/// The request as the upstream gets it: its URI, the client's Host, no hop-by-hop headers, and
+/// the forwarding headers that tell the app who the client is.
+fn build_request(
+    ctx: &ConnContext,
+    upstream: &Upstream,
+    req: Request<Incoming>,
+) -> Result<Request<Incoming>, http::Error> {
+    let (parts, body) = req.into_parts();
+    let uri = upstream_uri(upstream, &parts.uri)?;
+    // HTTP/2 clients may send only :authority; the app still expects a Host.
+    let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+        parts
+            .uri
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let mut headers = parts.headers;
+    strip_hop_by_hop(&mut headers);
+    if let Some(host) = &host {
+        headers.insert(header::HOST, host.clone());
+    }
+    add_forwarding_headers(&mut headers, ctx.peer, ctx.tls, host.as_ref());
+
+    let mut out = Request::new(body);
+    *out.method_mut() = parts.method;
+    *out.uri_mut() = uri;
+    // The client picks h2 or HTTP/1.1 per upstream from ALPN; the client's own version says
+    // nothing about what the upstream speaks.
+    *out.version_mut() = Version::HTTP_11;
+    *out.headers_mut() = headers;
+    Ok(out)
+}
+
+/// `scheme://host:port` + the upstream's base path + the request's path and query.
+fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, http::Error> {
+    let scheme = if upstream.tls { "https" } else { "http" };
+    let host = if upstream.host.contains(':') {
+        format!("[{}]", upstream.host)
+    } else {
+        upstream.host.clone()
+    };
+    // `OPTIONS *` has no path to prefix; it becomes the upstream's root, as in most proxies.
+    let path_and_query = uri
+        .path_and_query()
+        .map(|pq| pq.as_str())
+        .filter(|pq| pq.starts_with('/'))
+        .unwrap_or("/");
+    let full = format!(
+        "{scheme}://{host}:{}{}{path_and_query}",
+        upstream.port, upstream.base_path
+    );
+    Ok(Uri::try_from(full)?)
+}
+
+/// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// X-Forwarded-For (appended to), X-Forwarded-Proto and -Host (ours: a client could forge
+/// them, and we are the one that saw the connection), and RFC 7239 Forwarded (appended to).
+fn add_forwarding_headers(
+    headers: &mut HeaderMap,
+    peer: SocketAddr,
+    tls: bool,
+    host: Option<&HeaderValue>,
+) {
+    let ip = canonical(peer.ip());
+    let proto = if tls { "https" } else { "http" };
+
+    let xff = append_list(headers, "x-forwarded-for", &ip.to_string());
+    headers.insert("x-forwarded-for", xff);
+    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
+    match host {
+        Some(h) => {
+            headers.insert("x-forwarded-host", h.clone());
+        }
+        None => {
+            headers.remove("x-forwarded-host");
+        }
+    }
+
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node};proto={proto}");
+    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
+        let _ = write!(element, ";host={}", forwarded_value(host));
+    }
+    let forwarded = append_list(headers, header::FORWARDED.as_str(), &element);
+    headers.insert(header::FORWARDED, forwarded);
+}
+
+/// All values of a list header joined with `, `, then `item`, as one header value.
+fn append_list(headers: &HeaderMap, name: &str, item: &str) -> HeaderValue {
+    let mut joined = String::new();
+    for v in headers.get_all(name) {
+        if let Ok(s) = v.to_str() {
+            let s = s.trim();
+            if !s.is_empty() {
+                joined.push_str(s);
+                joined.push_str(", ");
+            }
+        }
+    }
+    joined.push_str(item);
+    // Only visible ASCII went in (to_str succeeded, and item is ours), so this cannot fail.
+    HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// An RFC 7239 value: a token as is, anything else (a host with a port) as a quoted-string.
+fn forwarded_value(s: &str) -> String {
+    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if !s.is_empty() && s.chars().all(tchar) {
+        return s.to_string();
+    }
+    let mut quoted = String::with_capacity(s.len() + 2);
+    quoted.push('"');
+    for c in s.chars() {
+        if c == '"' || c == '\\' {
+            quoted.push('\\');
+        }
+        quoted.push(c);
+    }
+    quoted.push('"');
+    quoted
+}
+
+/// IPv4 clients of a dual-stack listener show up as `::ffff:a.b.c.d`; apps and ip_hash should
+/// see the IPv4 address they know.
+fn canonical(ip: IpAddr) -> IpAddr {
+    ip.to_canonical()
+}
+
+fn sticky_set_cookie(id: &str) -> HeaderValue {
+    // Target ids are hex digests, always a valid header value.
+    HeaderValue::from_str(&format!(
+        "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
+    ))
+    .expect("hex id is a valid header value")
+}
+
+fn upstream_error_response(e: &UpstreamError) -> Response<Body> {
+    let message = match e {
+        UpstreamError::NoneHealthy => "no healthy upstream",
+        UpstreamError::Timeout => "upstream timed out",
+        _ => "upstream unavailable",
+    };
+    text(e.status(), message)
+}
+
+fn log_failure(route: &Route, upstream: &Upstream, kind: &UpstreamError) {
+    warn!(route = %route.path, upstream = %upstream.url, error = %kind, "upstream request failed");
+}
+
+/// Who a failed exchange is attributed to.
+enum Failure {
+    Upstream(UpstreamError),
+    /// The client's request body failed while it was being sent on.
+    Client(String),
+}
+
+/// Sorts hyper-util's error into our kinds. Its source chain holds the real cause (io, rustls,
+/// hyper); hyper-util offers no way to take ownership of it, so the kinds carry an io::Error
+/// with the chain's text.
+fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
+    let mut tls = false;
+    let mut user = false;
+    let mut io_kind = None;
+    walk(e, &mut |err| {
+        if err.downcast_ref::<rustls::Error>().is_some() {
+            tls = true;
+        }
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            user |= h.is_user();
+        }
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            io_kind.get_or_insert(io.kind());
+        }
+    });
+    let message = chain_text(e);
+    if user && !e.is_connect() {
+        return Failure::Client(message);
+    }
+    let error = io::Error::new(io_kind.unwrap_or(io::ErrorKind::Other), message);
+    Failure::Upstream(if tls {
+        UpstreamError::Tls(error)
+    } else {
+        UpstreamError::Connect(error)
+    })
+}
+
+/// Visits an error and its causes. `io::Error::source` skips the error it wraps, so wrapped
+/// errors are entered through `get_ref`.
+fn walk(e: &(dyn StdError + 'static), f: &mut dyn FnMut(&(dyn StdError + 'static))) {
+    f(e);
+    if let Some(inner) = e.downcast_ref::<io::Error>().and_then(|io| io.get_ref()) {
+        walk(inner, f);
+    } else if let Some(source) = e.source() {
+        walk(source, f);
+    }
+}
+
+/// "outer: inner: cause", without repeating a wrapper that only displays its cause.
+fn chain_text(e: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    walk(e, &mut |err| {
+        let s = err.to_string();
+        if parts.last().is_none_or(|last| !last.contains(&s)) {
+            parts.push(s);
+        }
+    });
+    parts.join(": ")
+}
+
+/// The upstream's response body, holding the lease until the body ends, so least_connections
+/// counts a long-polling or streaming response as in flight for as long as it is.
+struct LeasedBody {
+    inner: Incoming,
+    lease: Option<Lease>,
+}
+
+impl hyper::body::Body for LeasedBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // Released before the last frame is handed on, so a client that sends its next request
+        // as soon as this one ends always finds the count already lowered.
+        match &polled {
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => this.lease = None,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.lease = None,
+            _ => {}
+        }
+        polled.map(|frame| frame.map(|r| r.map_err(|e| Box::new(e) as BoxError)))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(host: &str, base: &str, tls: bool) -> Upstream {
+        Upstream {
+            url: String::new(),
+            tls,
+            host: host.into(),
+            port: 8080,
+            base_path: base.into(),
+        }
+    }
+
+    #[test]
+    fn uri_adds_base_path_and_brackets() {
+        let uri: Uri = "/a/b?x=1".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&upstream("::1", "/app", false), &uri)
+                .unwrap()
+                .to_string(),
+            "http://[::1]:8080/app/a/b?x=1"
+        );
+        assert_eq!(
+            upstream_uri(&upstream("example.com", "", true), &uri)
+                .unwrap()
+                .to_string(),
+            "https://example.com:8080/a/b?x=1"
+        );
+        let star: Uri = "*".parse().unwrap();
+        assert_eq!(
+            upstream_uri(&upstream("h", "", false), &star)
+                .unwrap()
+                .path(),
+            "/"
+        );
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert("connection", "close, X-Secret".parse().unwrap());
+        h.append("connection", "x-other".parse().unwrap());
+        h.insert("x-secret", "1".parse().unwrap());
+        h.insert("x-other", "1".parse().unwrap());
+        h.insert("keep-alive", "timeout=5".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        h.insert("x-kept", "1".parse().unwrap());
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+
+    #[test]
+    fn forwarding_headers_append_and_quote() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "10.0.0.1".parse().unwrap());
+        h.insert("forwarded", "for=10.0.0.1".parse().unwrap());
+        let host = HeaderValue::from_static("example.com:8443");
+        let peer: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
+        add_forwarding_headers(&mut h, peer, true, Some(&host));
+        assert_eq!(h["x-forwarded-for"], "10.0.0.1, 2001:db8::7");
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "example.com:8443");
+        assert_eq!(
+            h["forwarded"],
+            "for=10.0.0.1, for=\"[2001:db8::7]\";proto=https;host=\"example.com:8443\""
+        );
+
+        let mut h = HeaderMap::new();
+        let mapped: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
+        add_forwarding_headers(
+            &mut h,
+            mapped,
+            false,
+            Some(&HeaderValue::from_static("a.b")),
+        );
+        assert_eq!(h["x-forwarded-for"], "192.0.2.9");
+        assert_eq!(h["forwarded"], "for=192.0.2.9;proto=http;host=a.b");
+    }
 }

@@ -1,21 +1,372 @@
-//! Passthrough: the raw upgrade goes to the app, which speaks WebSocket itself.
+//! Passthrough: the raw upgrade goes to the app, which speaks WebSocket itself; wsgate only
+//! checks the app's answer and then copies bytes. It cannot see frames, so it never sends a
+//! Close: ending a tunnel means closing its TCP connections.
 
+use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, info_span, warn, Instrument};
 
-use crate::service::{text, Body, ConnContext};
+use crate::error::{Error, UpstreamError};
+use crate::service::{empty, text, with_close, Admitted, Body, BoxError, ConnContext};
+use crate::upstream::connect::connect;
+use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
+use crate::upstream::sticky_cookie;
+use crate::ws::handshake::accept_key;
+use crate::ws::session::{with_close_token, ClosedBy, SessionEnd};
+
+/// Per-direction copy buffer: enough for a syscall's worth, small enough for many tunnels.
+const COPY_BUFFER: usize = 16 * 1024;
+
+/// Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the body framing
+/// of a request that has none here.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// The app's headers a 101 carries back: what the client's WebSocket needs, and cookies.
+static UPGRADE_ANSWER: [HeaderName; 4] = [
+    header::SEC_WEBSOCKET_ACCEPT,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+    header::SET_COOKIE,
+];
 
 /// Forwards the upgrade request to one of route `index`'s upstreams and tunnels bytes only after
 /// a valid 101.
 pub async fn handle(
-    _ctx: &Arc<ConnContext>,
-    _index: usize,
-    _req: Request<Incoming>,
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    mut req: Request<Incoming>,
+    admitted: Admitted,
 ) -> Response<Body> {
-    text(
-        StatusCode::NOT_IMPLEMENTED,
-        "passthrough is not available yet",
-    )
+    let route = &ctx.snapshot.config.routes[index];
+    let Some(upstreams) = ctx.snapshot.upstreams(index) else {
+        // The config loader refuses passthrough routes without upstreams.
+        return with_close(text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "route has no upstreams",
+        ));
+    };
+    let lease = match upstreams
+        .set
+        .pick(admitted.client, sticky_cookie(req.headers()))
+    {
+        Ok(lease) => lease,
+        Err(e) => return upstream_failed(ctx, &route.path, "-", e),
+    };
+    let upstream = lease.upstream();
+    // service.rs validated the handshake, so there is exactly one key.
+    let expected_accept = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_KEY)
+        .map(|k| accept_key(k.as_bytes()))
+        .unwrap_or_default();
+    let on_client_upgrade = hyper::upgrade::on(&mut req);
+
+    let deadline = tokio::time::Instant::now() + route.upstream_timeout;
+    let answered = tokio::time::timeout_at(deadline, async {
+        let forwarded = upstream_request(&req, upstream, ctx)?;
+        let stream = connect(upstream, upstreams.ws_tls.as_ref(), route.upstream_timeout).await?;
+        let mut resp = send_upgrade(stream, forwarded).await?;
+        if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Ok(Answer::Refused(resp));
+        }
+        check_upgrade_response(&resp, &expected_accept).map_err(UpstreamError::UpgradeRefused)?;
+        let io = hyper::upgrade::on(&mut resp)
+            .await
+            .map_err(UpstreamError::Http)?;
+        Ok(Answer::Upgraded(resp, io))
+    })
+    .await
+    .unwrap_or(Err(UpstreamError::Timeout));
+    drop(req);
+
+    let (resp, upstream_io) = match answered {
+        Ok(Answer::Upgraded(resp, io)) => {
+            lease.report_success();
+            (resp, io)
+        }
+        Ok(Answer::Refused(resp)) => {
+            lease.report_success();
+            info!(
+                peer = %ctx.peer,
+                route = %route.path,
+                upstream = %upstream.url,
+                status = resp.status().as_u16(),
+                "upstream did not upgrade; its answer is relayed and nothing is tunnelled"
+            );
+            return relayed_refusal(resp);
+        }
+        Err(e) => {
+            if !matches!(e, UpstreamError::UpgradeRefused(_)) {
+                lease.report_failure();
+            }
+            return upstream_failed(ctx, &route.path, &upstream.url, e);
+        }
+    };
+
+    let mut response = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::UPGRADE, HeaderValue::from_static("websocket"))
+        .header(header::CONNECTION, HeaderValue::from_static("Upgrade"))
+        .body(empty())
+        .expect("valid 101");
+    for name in &UPGRADE_ANSWER {
+        for v in resp.headers().get_all(name) {
+            response.headers_mut().append(name.clone(), v.clone());
+        }
+    }
+    drop(resp);
+
+    let snapshot = ctx.snapshot.clone();
+    let metrics = ctx.metrics.clone();
+    metrics.upgrade(&route.path, "accepted");
+    metrics.handshake(&route.path, "passthrough", admitted.started.elapsed());
+    let Admitted { permit, client, .. } = admitted;
+    let span = info_span!(
+        "ws",
+        peer = %client,
+        route = %route.path,
+        mode = "passthrough",
+        upstream = %upstream.url
+    );
+    ctx.shutdown.tasks().spawn(
+        async move {
+            let client = match on_client_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let _permit = permit;
+            let route = &snapshot.config.routes[index];
+            let _open = metrics.session_open(&route.path, "passthrough");
+            let started = std::time::Instant::now();
+            let linger = route.ws.close_timeout;
+            let config = &snapshot.config;
+            let end = with_close_token(
+                snapshot.route_closing[index].clone(),
+                config.close_spread,
+                config.max_connection_age,
+                |closing| async move {
+                    tunnel(
+                        TokioIo::new(client),
+                        TokioIo::new(upstream_io),
+                        linger,
+                        &closing,
+                    )
+                    .await
+                },
+            )
+            .await;
+            drop(lease);
+            // Raw bytes: no messages or close codes are seen, only the bytes each way.
+            let mut summary = SessionEnd::new(end.closed_by, None, end.reason.clone());
+            summary.bytes_in = end.bytes_in;
+            summary.bytes_out = end.bytes_out;
+            metrics.session_ended(&route.path, "passthrough", &summary, started.elapsed());
+            info!(
+                target: "wsgate::access",
+                duration_ms = started.elapsed().as_millis() as u64,
+                closed_by = %end.closed_by,
+                reason = %end.reason,
+                bytes_in = end.bytes_in,
+                bytes_out = end.bytes_out,
+                "session ended"
+            );
+        }
+        .instrument(span),
+    );
+    response
+}
+
+enum Answer {
+    Upgraded(Response<Incoming>, hyper::upgrade::Upgraded),
+    Refused(Response<Incoming>),
+}
+
+/// The client's upgrade as the app should see it: same Host and end-to-end headers, the route's
+/// base path, hop-by-hop headers dropped (with anything the client's Connection header names),
+/// and exactly `Upgrade: websocket`, so no other protocol (h2c) is ever asked of the app.
+fn upstream_request(
+    req: &Request<Incoming>,
+    upstream: &crate::config::Upstream,
+    ctx: &ConnContext,
+) -> Result<Request<Empty<Bytes>>, UpstreamError> {
+    let mut headers = req.headers().clone();
+    strip_hop_by_hop(&mut headers);
+    // The upgrade has no body, whatever the client announced.
+    headers.remove(header::CONTENT_LENGTH);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    set_forwarded(&mut headers, req.headers(), ctx.peer.ip(), ctx.tls);
+    let mut forwarded = Request::get(target_uri(upstream, req.uri())?)
+        .body(Empty::new())
+        .expect("GET with a parsed URI");
+    *forwarded.headers_mut() = headers;
+    Ok(forwarded)
+}
+
+/// An app's non-101 answer goes back as an ordinary response, then the client connection closes:
+/// whatever the client sent after its upgrade must never be read as a next request.
+fn relayed_refusal(resp: Response<Incoming>) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    with_close(Response::from_parts(parts, body))
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in HOP_BY_HOP.iter().chain(&named) {
+        headers.remove(name);
+    }
+}
+
+fn upstream_failed(
+    ctx: &ConnContext,
+    route: &str,
+    upstream: &str,
+    kind: UpstreamError,
+) -> Response<Body> {
+    let status = kind.status();
+    let e = Error::Upstream {
+        upstream: upstream.to_owned(),
+        kind,
+    };
+    ctx.metrics.upgrade(route, "upstream");
+    warn!(peer = %ctx.peer, route, mode = "passthrough", error = %e, "upgrade not forwarded");
+    with_close(text(
+        status,
+        status.canonical_reason().unwrap_or("bad gateway"),
+    ))
+}
+
+/// How a tunnel ended, for the summary.
+pub struct TunnelEnd {
+    pub closed_by: ClosedBy,
+    pub reason: String,
+    /// Client to upstream.
+    pub bytes_in: u64,
+    /// Upstream to client.
+    pub bytes_out: u64,
+}
+
+/// Copies bytes both ways. When one side finishes sending, the other's write half is shut down
+/// and the remaining direction gets `linger` to finish too, so a peer that never closes cannot
+/// hold the pair; `closing` drops both at once.
+pub async fn tunnel<C, U>(
+    client: C,
+    upstream: U,
+    linger: Duration,
+    closing: &CancellationToken,
+) -> TunnelEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut cr, mut cw) = tokio::io::split(client);
+    let (mut ur, mut uw) = tokio::io::split(upstream);
+    let mut bytes_in = 0;
+    let mut bytes_out = 0;
+    let (closed_by, reason) = {
+        let mut up = std::pin::pin!(pipe(&mut cr, &mut uw, &mut bytes_in));
+        let mut down = std::pin::pin!(pipe(&mut ur, &mut cw, &mut bytes_out));
+        let first = tokio::select! {
+            _ = closing.cancelled() => None,
+            r = &mut up => Some((true, r)),
+            r = &mut down => Some((false, r)),
+        };
+        match first {
+            None => (ClosedBy::Gateway, "server shutting down".to_owned()),
+            Some((client_first, r)) => {
+                let (closed_by, reason) = match (client_first, r) {
+                    (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),
+                    (true, PipeEnd::Read(e)) => (ClosedBy::Client, e.to_string()),
+                    (true, PipeEnd::Write(e)) => (ClosedBy::Upstream, e.to_string()),
+                    (false, PipeEnd::Eof) => (ClosedBy::Upstream, "upstream closed".to_owned()),
+                    (false, PipeEnd::Read(e)) => (ClosedBy::Upstream, e.to_string()),
+                    (false, PipeEnd::Write(e)) => (ClosedBy::Client, e.to_string()),
+                };
+                let rest = async {
+                    if client_first {
+                        down.await
+                    } else {
+                        up.await
+                    }
+                };
+                tokio::select! {
+                    _ = closing.cancelled() => {}
+                    _ = tokio::time::timeout(linger, rest) => {}
+                }
+                (closed_by, reason)
+            }
+        }
+    };
+    TunnelEnd {
+        closed_by,
+        reason,
+        bytes_in,
+        bytes_out,
+    }
+}
+
+enum PipeEnd {
+    Eof,
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// One direction: read, write, flush (TLS holds data until flushed); EOF becomes a half-close.
+async fn pipe<R, W>(r: &mut R, w: &mut W, count: &mut u64) -> PipeEnd
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; COPY_BUFFER];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) => {
+                let _ = w.shutdown().await;
+                return PipeEnd::Eof;
+            }
+            Ok(n) => n,
+            Err(e) => {
+                let _ = w.shutdown().await;
+                return PipeEnd::Read(e);
+            }
+        };
+        if let Err(e) = w.write_all(&buf[..n]).await {
+            return PipeEnd::Write(e);
+        }
+        if let Err(e) = w.flush().await {
+            return PipeEnd::Write(e);
+        }
+        *count += n as u64;
+    }
 }

@@ -3,6 +3,8 @@
 //! Existing connections are never moved: a lease pins one to its upstream until it ends.
 
 pub mod connect;
+pub mod handshake;
+pub mod health;
 
 /// Everything a route needs to reach its upstreams, built once per config snapshot.
 pub struct RouteUpstreams {

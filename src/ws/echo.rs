@@ -1,19 +1,20 @@
 //! wsgate's own WebSocket endpoint: the ASP.NET Core sample's echo, message by message, with
 //! every RFC 6455 check the sample leaves to the framework.
 
+use std::future::Future;
 use std::pin::pin;
 
 use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::io::CappedRead;
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{close_and_linger, next_frame, ClosedBy, SessionEnd};
+use super::session::{close_and_linger, next_frame, CloseRequest, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
+use crate::limits::TokenBucket;
 
 enum Ending {
     /// We close with this code.
@@ -24,10 +25,17 @@ enum Ending {
 }
 
 /// Runs an accepted WebSocket until either side closes it or `closing` asks for 1001.
-pub async fn run<S>(io: S, opts: &WsOptions, closing: &CancellationToken) -> SessionEnd
+/// `message_rate` is the most messages per second the client may send (0: no limit).
+pub async fn run<S>(
+    io: S,
+    opts: &WsOptions,
+    message_rate: u32,
+    closing: impl Future<Output = CloseRequest>,
+) -> SessionEnd
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let mut closing = pin!(closing);
     let (r, mut w) = tokio::io::split(io);
     let mut raw = CappedRead::new(r, opts.receive_buffer_size);
     let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
@@ -37,6 +45,7 @@ where
     rd.set_max_message_size(validator.frame_limit());
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
     let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
+    let mut rate = (message_rate > 0).then(|| TokenBucket::new(message_rate));
 
     let ending = {
         let mut reading = pin!(next_frame(rd));
@@ -45,8 +54,8 @@ where
         loop {
             tokio::select! {
                 biased;
-                _ = closing.cancelled() => {
-                    break Ending::Close(close::GOING_AWAY, "server shutting down", ClosedBy::Gateway);
+                request = &mut closing => {
+                    break Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
                 }
                 (rd, res) = &mut reading => {
                     let frame = match res {
@@ -67,6 +76,11 @@ where
                                 continue;
                             }
                             stats.messages_in += 1;
+                            if let Some(bucket) = rate.as_mut() {
+                                if !bucket.take(message_rate) {
+                                    break Ending::Close(close::POLICY, "message rate exceeded", ClosedBy::Gateway);
+                                }
+                            }
                             let payload = if frame.opcode == OpCode::Continuation {
                                 message.extend_from_slice(&frame.payload);
                                 std::mem::take(&mut message)

@@ -1,19 +1,571 @@
-//! Relay: wsgate terminates the client's WebSocket and opens its own to an upstream.
+//! Relay: wsgate terminates the client's WebSocket and opens its own to an upstream, then
+//! forwards frame by frame, validating both legs.
+//!
+//! One task runs two pumps, client→upstream and upstream→client. Each owns the reader of one
+//! leg and the writer of the other, so neither direction ever waits on the other: an echo app
+//! blocked writing to us while we are blocked writing to it cannot deadlock the pair. What a
+//! pump must send on the leg it reads (a Pong, a keep-alive Ping, the Close a violation earns)
+//! goes to the pump that owns that writer through a small bounded channel; `try_send` is used so
+//! a pump never blocks on the other, and no frame waits on a lock of ours. Backpressure is plain:
+//! a pump awaits each write before reading the next frame, so a slow reader on one side slows
+//! reads on the other and nothing queues without bound.
+//!
+//! A pump stops forwarding once it has written the last frame its writer will ever carry (a
+//! Close, or nothing because that leg is dead); the task then half-closes the client leg and
+//! drains both, all within `close_timeout` of the first Close.
 
-use std::sync::Arc;
+use std::pin::pin;
+use std::sync::{Arc, OnceLock};
 
-use http::{Request, Response, StatusCode};
+use bytes::{Bytes, BytesMut};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
+use http::{Request, Response};
 use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, info_span, warn, Instrument};
 
-use super::handshake::Handshake;
-use crate::service::{text, Body, ConnContext};
+use super::close;
+use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
+use super::handshake::{switching_protocols, Handshake};
+use super::io::CappedRead;
+use super::keepalive::{KeepAlive, Tick};
+use super::session::{next_frame, ClosedBy, SessionEnd};
+use crate::config::WsOptions;
+use crate::error::{Error, UpstreamError};
+use crate::service::Admitted;
+use crate::service::{empty, text, with_close, Body, ConnContext};
+use crate::upstream::connect::connect;
+use crate::upstream::handshake::open_websocket;
+use crate::upstream::sticky_cookie;
+use crate::ws::session::with_close_token;
 
-/// Opens the upstream WebSocket first; answers 101 only once it is open, else 502.
+/// Control frames waiting for the other pump. Pongs beyond this are dropped, which RFC 6455
+/// allows (only the most recent Ping needs an answer).
+const CONTROL_QUEUE: usize = 4;
+
+/// Opens the upstream WebSocket first; answers 101 only once it is open, else 502/503/504.
 pub async fn handle(
-    _ctx: &Arc<ConnContext>,
-    _index: usize,
-    _req: Request<Incoming>,
-    _hs: Handshake,
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    mut req: Request<Incoming>,
+    hs: Handshake,
+    admitted: Admitted,
 ) -> Response<Body> {
-    text(StatusCode::NOT_IMPLEMENTED, "relay is not available yet")
+    let route = &ctx.snapshot.config.routes[index];
+    let Some(upstreams) = ctx.snapshot.upstreams(index) else {
+        // The config loader refuses relay routes without upstreams.
+        return with_close(text(
+            http::StatusCode::INTERNAL_SERVER_ERROR,
+            "route has no upstreams",
+        ));
+    };
+    let lease = match upstreams
+        .set
+        .pick(admitted.client, sticky_cookie(req.headers()))
+    {
+        Ok(lease) => lease,
+        Err(e) => return upstream_failed(ctx, &route.path, "-", e),
+    };
+    let upstream = lease.upstream();
+    let deadline = tokio::time::Instant::now() + route.upstream_timeout;
+    let opened = tokio::time::timeout_at(deadline, async {
+        let stream = connect(upstream, upstreams.ws_tls.as_ref(), route.upstream_timeout).await?;
+        open_websocket(
+            stream,
+            upstream,
+            req.uri(),
+            req.headers(),
+            ctx.peer.ip(),
+            ctx.tls,
+        )
+        .await
+    })
+    .await
+    .unwrap_or(Err(UpstreamError::Timeout));
+    let socket = match opened {
+        Ok(socket) => {
+            lease.report_success();
+            socket
+        }
+        Err(e) => {
+            // An app that answered, even with a refusal, is reachable: only failures to talk
+            // to it count towards ejection.
+            if !matches!(e, UpstreamError::UpgradeRefused(_)) {
+                lease.report_failure();
+            }
+            return upstream_failed(ctx, &route.path, &upstream.url, e);
+        }
+    };
+
+    let response = switching_protocols(&hs.accept, socket.protocol.as_deref())
+        .body(empty())
+        .expect("valid 101");
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    drop(req);
+    let snapshot = ctx.snapshot.clone();
+    let metrics = ctx.metrics.clone();
+    metrics.upgrade(&route.path, "accepted");
+    metrics.handshake(&route.path, "relay", admitted.started.elapsed());
+    let Admitted { permit, client, .. } = admitted;
+    let span = info_span!(
+        "ws",
+        peer = %client,
+        route = %route.path,
+        mode = "relay",
+        upstream = %upstream.url
+    );
+    ctx.shutdown.tasks().spawn(
+        async move {
+            let client = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!(error = %e, "upgrade did not complete");
+                    return;
+                }
+            };
+            let _permit = permit;
+            let route = &snapshot.config.routes[index];
+            let _open = metrics.session_open(&route.path, "relay");
+            let started = std::time::Instant::now();
+            let config = &snapshot.config;
+            let end = with_close_token(
+                snapshot.route_closing[index].clone(),
+                config.close_spread,
+                config.max_connection_age,
+                |closing| async move {
+                    run(
+                        TokioIo::new(client),
+                        TokioIo::new(socket.io),
+                        &route.ws,
+                        &closing,
+                    )
+                    .await
+                },
+            )
+            .await;
+            // The lease counts this session for least_connections until here.
+            drop(lease);
+            metrics.session_ended(&route.path, "relay", &end, started.elapsed());
+            info!(
+                target: "wsgate::access",
+                duration_ms = started.elapsed().as_millis() as u64,
+                code = end.code,
+                closed_by = %end.closed_by,
+                reason = %end.reason,
+                messages_in = end.messages_in,
+                messages_out = end.messages_out,
+                bytes_in = end.bytes_in,
+                bytes_out = end.bytes_out,
+                "session ended"
+            );
+        }
+        .instrument(span),
+    );
+    response
+}
+
+/// The answer when no upstream WebSocket could be opened. The client connection is closed after
+/// it, as for any refused upgrade, so nothing pipelined behind the upgrade is read.
+fn upstream_failed(
+    ctx: &ConnContext,
+    route: &str,
+    upstream: &str,
+    kind: UpstreamError,
+) -> Response<Body> {
+    let status = kind.status();
+    let e = Error::Upstream {
+        upstream: upstream.to_owned(),
+        kind,
+    };
+    ctx.metrics.upgrade(route, "upstream");
+    warn!(peer = %ctx.peer, route, mode = "relay", error = %e, "upstream WebSocket not opened");
+    with_close(text(
+        status,
+        status.canonical_reason().unwrap_or("bad gateway"),
+    ))
+}
+
+/// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
+/// `client` is the client's upgraded connection, `upstream` the upstream WebSocket.
+pub async fn run<C, U>(
+    client: C,
+    upstream: U,
+    opts: &WsOptions,
+    closing: &CancellationToken,
+) -> SessionEnd
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+    U: AsyncRead + AsyncWrite + Unpin,
+{
+    let (r_c, mut w_c) = tokio::io::split(client);
+    let (r_u, mut w_u) = tokio::io::split(upstream);
+    let mut raw_c = CappedRead::new(r_c, opts.receive_buffer_size);
+    let mut raw_u = CappedRead::new(r_u, opts.receive_buffer_size);
+    // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
+    let (ctl_c_tx, mut ctl_c_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (ctl_u_tx, mut ctl_u_rx) = mpsc::channel(CONTROL_QUEUE);
+    let (fin_c_tx, mut fin_c_rx) = mpsc::channel(1);
+    let (fin_u_tx, mut fin_u_rx) = mpsc::channel(1);
+    let ending = OnceLock::new();
+    let stopped = CancellationToken::new();
+    let mut inbound = Traffic::default();
+    let mut outbound = Traffic::default();
+
+    let session = async {
+        let to_upstream = Pump {
+            reader: &mut raw_c,
+            writer: &mut w_u,
+            ctl_in: &mut ctl_u_rx,
+            fin_in: &mut fin_u_rx,
+            traffic: &mut inbound,
+            ctx: PumpCtx {
+                from: Party::Client,
+                opts,
+                ctl_back: &ctl_c_tx,
+                fin_back: &fin_c_tx,
+                ending: &ending,
+                closing,
+                stopped: &stopped,
+            },
+        };
+        let to_client = Pump {
+            reader: &mut raw_u,
+            writer: &mut w_c,
+            ctl_in: &mut ctl_c_rx,
+            fin_in: &mut fin_c_rx,
+            traffic: &mut outbound,
+            ctx: PumpCtx {
+                from: Party::Upstream,
+                opts,
+                ctl_back: &ctl_u_tx,
+                fin_back: &fin_u_tx,
+                ending: &ending,
+                closing,
+                stopped: &stopped,
+            },
+        };
+        tokio::join!(to_upstream.run(), to_client.run());
+        // Both Closes are out. wsgate is the server on the client leg, so it closes that TCP
+        // connection first; on the upstream leg it is the client and waits for the app to.
+        let client_leg = async {
+            let _ = w_c.shutdown().await;
+            drain(&mut raw_c).await;
+        };
+        tokio::join!(client_leg, drain(&mut raw_u));
+    };
+    let deadline = async {
+        tokio::select! {
+            _ = stopped.cancelled() => {}
+            _ = closing.cancelled() => {}
+        }
+        tokio::time::sleep(opts.close_timeout).await;
+    };
+    tokio::select! {
+        _ = session => {}
+        _ = deadline => debug!("close handshake did not finish within close_timeout"),
+    }
+
+    let Ending {
+        code,
+        closed_by,
+        reason,
+    } = ending.into_inner().unwrap_or(Ending {
+        code: None,
+        closed_by: ClosedBy::Gateway,
+        reason: String::new(),
+    });
+    let mut end = SessionEnd::new(closed_by, code, reason);
+    end.messages_in = inbound.messages;
+    end.bytes_in = inbound.bytes;
+    end.messages_out = outbound.messages;
+    end.bytes_out = outbound.bytes;
+    end
+}
+
+/// Reads and discards until the peer closes: dropping a socket with unread data makes the kernel
+/// answer with RST, which can destroy the Close frame still on its way to the peer.
+async fn drain<R: AsyncRead + Unpin>(r: &mut R) {
+    let mut sink = [0u8; 2048];
+    while let Ok(n) = r.read(&mut sink).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+/// The two ends of a relayed session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Party {
+    Client,
+    Upstream,
+}
+
+impl Party {
+    fn other(self) -> Party {
+        match self {
+            Party::Client => Party::Upstream,
+            Party::Upstream => Party::Client,
+        }
+    }
+
+    /// fastwebsockets' role on this party's leg: wsgate is the server to the client and the
+    /// client to the upstream (and so masks what it writes there).
+    fn role(self) -> Role {
+        match self {
+            Party::Client => Role::Server,
+            Party::Upstream => Role::Client,
+        }
+    }
+
+    fn peer(self) -> Peer {
+        match self {
+            Party::Client => Peer::Client,
+            Party::Upstream => Peer::Server,
+        }
+    }
+
+    fn closed_by(self) -> ClosedBy {
+        match self {
+            Party::Client => ClosedBy::Client,
+            Party::Upstream => ClosedBy::Upstream,
+        }
+    }
+
+    /// The Close the other party gets when this one fails (vanishes, times out, breaks the
+    /// protocol): 1001 for the app when its client is gone, 1014 for a client whose app failed.
+    fn failure_close(self) -> (u16, &'static str) {
+        match self {
+            Party::Client => (close::GOING_AWAY, "client went away"),
+            Party::Upstream => (close::UPSTREAM_FAILED, "upstream failed"),
+        }
+    }
+}
+
+/// Frames the pump owning a writer sends for the other pump.
+#[derive(Debug)]
+enum Control {
+    Ping,
+    Pong(BytesMut),
+}
+
+/// The last thing the pump owning a writer must do with it.
+#[derive(Debug)]
+enum Fin {
+    Close(u16, &'static str),
+    /// The peer on that leg is gone; nothing more can be sent to it.
+    Abandon,
+}
+
+/// What a pump's writer carries last.
+enum Last {
+    Close(u16, Bytes),
+    Nothing,
+}
+
+impl Last {
+    fn close(code: u16, reason: &'static str) -> Last {
+        Last::Close(code, Bytes::from_static(reason.as_bytes()))
+    }
+}
+
+/// The first event that ended the session, for the summary.
+struct Ending {
+    code: Option<u16>,
+    closed_by: ClosedBy,
+    reason: String,
+}
+
+#[derive(Default)]
+struct Traffic {
+    messages: u64,
+    bytes: u64,
+}
+
+/// One direction of a relayed session: reads `ctx.from`'s leg, writes the other party's.
+struct Pump<'a, R, W> {
+    reader: &'a mut R,
+    writer: &'a mut W,
+    /// Control frames and the final instruction for `writer`, from the other pump.
+    ctl_in: &'a mut mpsc::Receiver<Control>,
+    fin_in: &'a mut mpsc::Receiver<Fin>,
+    traffic: &'a mut Traffic,
+    ctx: PumpCtx<'a>,
+}
+
+/// What a pump only reads, kept apart from its I/O so it can be used while a read is in flight.
+struct PumpCtx<'a> {
+    from: Party,
+    opts: &'a WsOptions,
+    /// Control frames and the final instruction for the writer of `from`'s leg, which the other
+    /// pump owns.
+    ctl_back: &'a mpsc::Sender<Control>,
+    fin_back: &'a mpsc::Sender<Fin>,
+    ending: &'a OnceLock<Ending>,
+    closing: &'a CancellationToken,
+    /// Cancelled when this pump stops forwarding, which starts the close deadline.
+    stopped: &'a CancellationToken,
+}
+
+impl<R, W> Pump<'_, R, W>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    async fn run(self) {
+        let Pump {
+            reader,
+            writer,
+            ctl_in,
+            fin_in,
+            traffic,
+            ctx,
+        } = self;
+        let from = ctx.from;
+        // Two half-made pairs because the reader and the writer belong to different legs, and
+        // so to different roles.
+        let (mut rd, _) =
+            fastwebsockets::after_handshake_split(reader, tokio::io::sink(), from.role());
+        let (_, mut wr) =
+            fastwebsockets::after_handshake_split(tokio::io::empty(), writer, from.other().role());
+        let mut validator = FrameValidator::new(from.peer(), ctx.opts.max_message_size);
+        rd.set_auto_close(false);
+        rd.set_auto_pong(false);
+        rd.set_max_message_size(validator.frame_limit());
+        let mut keepalive =
+            KeepAlive::new(ctx.opts.keep_alive_interval, ctx.opts.keep_alive_timeout);
+
+        let last = {
+            // One read in flight for the whole loop: fastwebsockets' read is not cancel-safe.
+            let mut reading = pin!(next_frame(rd));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = ctx.closing.cancelled() => {
+                        ctx.record(Some(close::GOING_AWAY), ClosedBy::Gateway, "server shutting down");
+                        break Last::close(close::GOING_AWAY, "server shutting down");
+                    }
+                    Some(fin) = fin_in.recv() => match fin {
+                        Fin::Close(code, reason) => break Last::close(code, reason),
+                        Fin::Abandon => break Last::Nothing,
+                    },
+                    Some(ctl) = ctl_in.recv() => {
+                        let frame = match ctl {
+                            Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
+                            Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
+                        };
+                        if let Err(e) = send(&mut wr, frame).await {
+                            break ctx.write_failed(e);
+                        }
+                    }
+                    (rd, res) = &mut reading => {
+                        let frame = match res {
+                            Ok(frame) => frame,
+                            Err(e) => break match classify_read_error(e) {
+                                ReadFailure::Violation(v) => ctx.violation(v.code, v.reason),
+                                ReadFailure::Gone(why) => ctx.gone(why),
+                            },
+                        };
+                        keepalive.seen();
+                        let kind = match validator.check(&frame) {
+                            Ok(kind) => kind,
+                            Err(v) => break ctx.violation(v.code, v.reason),
+                        };
+                        match kind {
+                            FrameKind::Data { fin, .. } => {
+                                let len = frame.payload.len() as u64;
+                                // Fragments go on as they come, opcode and FIN intact, so a large
+                                // message is never held whole; the writer masks towards the app.
+                                let out = Frame::new(frame.fin, frame.opcode, None, Payload::Bytes(frame.payload));
+                                if let Err(e) = send(&mut wr, out).await {
+                                    break ctx.write_failed(e);
+                                }
+                                traffic.bytes += len;
+                                if fin {
+                                    traffic.messages += 1;
+                                }
+                            }
+                            FrameKind::Ping => {
+                                let _ = ctx.ctl_back.try_send(Control::Pong(frame.payload));
+                            }
+                            FrameKind::Pong => {}
+                            FrameKind::Close { code } => {
+                                let mut reason = frame.payload;
+                                let _ = reason.split_to(reason.len().min(2));
+                                let reason = reason.freeze();
+                                ctx.record(code, from.closed_by(), &String::from_utf8_lossy(&reason));
+                                // An empty Close travels on as 1000: 1005 must not be sent.
+                                break Last::Close(code.unwrap_or(close::NORMAL), reason);
+                            }
+                        }
+                        reading.set(next_frame(rd));
+                    }
+                    tick = keepalive.tick() => match tick {
+                        Tick::SendPing => {
+                            let _ = ctx.ctl_back.try_send(Control::Ping);
+                        }
+                        Tick::TimedOut => {
+                            ctx.record(Some(close::GOING_AWAY), ClosedBy::Gateway, "keep-alive timeout");
+                            let _ = ctx.fin_back.try_send(Fin::Close(close::GOING_AWAY, "keep-alive timeout"));
+                            let (code, reason) = from.failure_close();
+                            break Last::close(code, reason);
+                        }
+                    },
+                }
+            }
+        };
+        if let Last::Close(code, reason) = last {
+            let _ = send(&mut wr, Frame::close(code, &reason)).await;
+        }
+        ctx.stopped.cancel();
+    }
+}
+
+impl PumpCtx<'_> {
+    fn record(&self, code: Option<u16>, closed_by: ClosedBy, reason: &str) {
+        let _ = self.ending.set(Ending {
+            code,
+            closed_by,
+            reason: reason.to_owned(),
+        });
+    }
+
+    /// `from` broke the protocol: it gets the violation's code, the other party the failure one.
+    fn violation(&self, code: u16, reason: &'static str) -> Last {
+        let who = match self.from {
+            Party::Client => "client",
+            Party::Upstream => "upstream",
+        };
+        self.record(Some(code), ClosedBy::Gateway, &format!("{who}: {reason}"));
+        let _ = self.fin_back.try_send(Fin::Close(code, reason));
+        let (code, reason) = self.from.failure_close();
+        Last::close(code, reason)
+    }
+
+    /// `from`'s connection ended without a Close.
+    fn gone(&self, why: String) -> Last {
+        self.record(None, self.from.closed_by(), &why);
+        let _ = self.fin_back.try_send(Fin::Abandon);
+        let (code, reason) = self.from.failure_close();
+        Last::close(code, reason)
+    }
+
+    /// The other party's connection failed under our write.
+    fn write_failed(&self, e: WebSocketError) -> Last {
+        let to = self.from.other();
+        self.record(None, to.closed_by(), &e.to_string());
+        let (code, reason) = to.failure_close();
+        let _ = self.fin_back.try_send(Fin::Close(code, reason));
+        Last::Nothing
+    }
+}
+
+async fn send<W: AsyncWrite + Unpin>(
+    wr: &mut WebSocketWrite<W>,
+    frame: Frame<'_>,
+) -> Result<(), WebSocketError> {
+    wr.write_frame(frame).await?;
+    wr.flush().await
 }

@@ -101,3 +101,82 @@ pub async fn close_and_linger<R, W>(
     })
     .await;
 }
+
+/// Why a session was asked to close with 1001.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseRequest {
+    /// Shutdown, or a reload that removed or changed the route (`on_route_change: drain`).
+    GoingAway,
+    /// `max_connection_age` reached.
+    Retired,
+}
+
+impl CloseRequest {
+    pub fn reason(self) -> &'static str {
+        match self {
+            CloseRequest::GoingAway => "server going away",
+            CloseRequest::Retired => "connection age limit",
+        }
+    }
+}
+
+/// When a session must close with 1001: its route's token is cancelled (shutdown or a drain
+/// on reload), then a random delay within `spread` passes so that thousands of clients do not
+/// reconnect in the same instant; or it reaches `max_age` (plus up to 10% jitter, for the same
+/// reason). Pinned once per session and polled in its `select!`, so it costs nothing per message.
+pub async fn close_requested(
+    token: tokio_util::sync::CancellationToken,
+    spread: Duration,
+    max_age: Duration,
+) -> CloseRequest {
+    let age = async {
+        if max_age.is_zero() {
+            std::future::pending::<()>().await;
+        }
+        tokio::time::sleep(max_age + jitter(max_age / 10)).await;
+    };
+    tokio::select! {
+        _ = token.cancelled() => {
+            tokio::time::sleep(jitter(spread)).await;
+            CloseRequest::GoingAway
+        }
+        _ = age => CloseRequest::Retired,
+    }
+}
+
+/// A random duration in `[0, max)`, from std's randomly keyed hasher (no RNG crate needed for
+/// spreading timers).
+pub fn jitter(max: Duration) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(0x9E37_79B9_7F4A_7C15);
+    let r = h.finish();
+    Duration::from_nanos(r % (max.as_nanos().min(u64::MAX as u128) as u64))
+}
+
+/// Runs `session` with a token of its own that is cancelled when [`close_requested`] fires, for
+/// sessions (relay, passthrough) whose loops watch a token rather than a future.
+pub async fn with_close_token<T, Fut>(
+    route_token: tokio_util::sync::CancellationToken,
+    spread: Duration,
+    max_age: Duration,
+    session: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut,
+) -> T
+where
+    Fut: std::future::Future<Output = T>,
+{
+    let token = tokio_util::sync::CancellationToken::new();
+    let trigger = token.clone();
+    let closer = async move {
+        close_requested(route_token, spread, max_age).await;
+        trigger.cancel();
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        out = session(token) => out,
+        _ = closer => unreachable!("the closer never finishes"),
+    }
+}

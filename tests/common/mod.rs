@@ -20,6 +20,10 @@ pub const WAIT: Duration = Duration::from_secs(10);
 
 pub struct Gateway {
     pub addrs: Vec<SocketAddr>,
+    /// The admin listener, when the config has `admin:`.
+    pub admin: Option<SocketAddr>,
+    pub reloader: wsgate::server::Reloader,
+    pub state: Arc<wsgate::server::State>,
     stop: Option<oneshot::Sender<()>>,
     pub task: JoinHandle<Result<(), wsgate::Error>>,
     pub shutdown: wsgate::shutdown::Shutdown,
@@ -36,6 +40,9 @@ impl Gateway {
             wsgate::config::load_str(yaml, "test.yaml", base).expect("test config is valid");
         let server = wsgate::Server::bind(config).await.expect("bind");
         let addrs = server.local_addrs();
+        let admin = server.admin_addr();
+        let reloader = server.reloader();
+        let state = server.state();
         let shutdown = server.shutdown_handle();
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(server.run(async move {
@@ -43,6 +50,9 @@ impl Gateway {
         }));
         Gateway {
             addrs,
+            admin,
+            reloader,
+            state,
             stop: Some(tx),
             task,
             shutdown,
@@ -302,4 +312,470 @@ pub async fn read_close_code(s: &mut TcpStream) -> u16 {
             return u16::from_be_bytes([payload[0], payload[1]]);
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP apps behind the gateway and an HTTP client (proxy and balancing tests). Paths are fully
+// qualified so this block needs nothing from the imports above.
+// ---------------------------------------------------------------------------------------------
+
+/// The body type of test apps' responses and test clients' requests.
+pub type AppBody =
+    http_body_util::combinators::BoxBody<bytes::Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+pub fn app_body(data: impl Into<bytes::Bytes>) -> AppBody {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(data.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// Serves `app` with hyper (HTTP/1.1 and h2, h2 over TLS by ALPN) on 127.0.0.1:0.
+pub async fn spawn_http_app<F, Fut>(tls: Option<Arc<rustls::ServerConfig>>, app: F) -> SocketAddr
+where
+    F: Fn(hyper::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = hyper::Response<AppBody>> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let app = app.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let fut = app(req);
+                    async move { Ok::<_, std::convert::Infallible>(fut.await) }
+                });
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                match acceptor {
+                    None => {
+                        let io = hyper_util::rt::TokioIo::new(stream);
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                    Some(acceptor) => {
+                        let Ok(tls) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        let io = hyper_util::rt::TokioIo::new(tls);
+                        let _ = builder.serve_connection(io, service).await;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// A TLS server configuration for a test app: a certificate from `pki` for `names`, ALPN h2
+/// and http/1.1.
+pub fn tls_server_config(pki: &TestPki, stem: &str, names: &[&str]) -> Arc<rustls::ServerConfig> {
+    use rustls::pki_types::pem::PemObject;
+    let (crt, key) = pki.issue(stem, names);
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&crt)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Arc::new(cfg)
+}
+
+/// Writes the test CA as PEM (for a route's `ca:`) and returns its path.
+pub fn ca_pem_file(pki: &TestPki) -> PathBuf {
+    let path = pki.dir.path().join("ca.pem");
+    std::fs::write(&path, pki.ca.pem()).unwrap();
+    path
+}
+
+/// Sends one request on a new HTTP/1.1 connection; returns once the response head is in.
+pub async fn http_send(
+    addr: SocketAddr,
+    req: hyper::Request<AppBody>,
+) -> hyper::Response<hyper::body::Incoming> {
+    tokio::time::timeout(WAIT, async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender.send_request(req).await.unwrap()
+    })
+    .await
+    .expect("response head within the wait")
+}
+
+/// GET `path` with extra `headers`; returns status, headers and the whole body as text.
+pub async fn http_get(
+    addr: SocketAddr,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> (http::StatusCode, http::HeaderMap, String) {
+    use http_body_util::BodyExt;
+    let mut req = hyper::Request::get(path).header("host", "gateway.test");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = http_send(addr, req.body(app_body("")).unwrap()).await;
+    let (parts, body) = resp.into_parts();
+    let body = tokio::time::timeout(WAIT, body.collect())
+        .await
+        .expect("body within the wait")
+        .unwrap()
+        .to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
+/// An address nothing listens on (bound, then closed), for "upstream down".
+pub fn closed_port_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+/// A `kB` field of /proc/self/status (VmRSS, VmHWM); None off Linux.
+pub fn proc_status_kib(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Polls `cond` every 10 ms until it holds; fails the test after `WAIT`. Only for state that
+/// changes on a timer of its own (health checks), where there is no event to wait for.
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket apps behind the gateway (relay and passthrough tests): one written with
+// tokio-tungstenite, one that hands raw sockets to the test, one that records request heads.
+// ---------------------------------------------------------------------------------------------
+
+/// What a test WebSocket app saw, in order.
+#[derive(Debug)]
+pub enum AppEvent {
+    /// The upgrade request: target and headers.
+    Upgrade(String, tungstenite::http::HeaderMap),
+    /// A Close arrived: its code and reason, None for an empty Close.
+    Closed(Option<(u16, String)>),
+    /// The connection ended without a Close.
+    Lost(String),
+}
+
+pub struct WsApp {
+    pub addr: SocketAddr,
+    /// TCP connections accepted so far.
+    pub accepted: Arc<AtomicUsize>,
+    pub events: tokio::sync::mpsc::UnboundedReceiver<AppEvent>,
+}
+
+impl WsApp {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn next_event(&mut self) -> AppEvent {
+        tokio::time::timeout(WAIT, self.events.recv())
+            .await
+            .expect("app event within the wait")
+            .expect("app still running")
+    }
+
+    /// The next upgrade the app saw: (target, headers).
+    pub async fn next_upgrade(&mut self) -> (String, tungstenite::http::HeaderMap) {
+        match self.next_event().await {
+            AppEvent::Upgrade(target, headers) => (target, headers),
+            other => panic!("expected an upgrade, got {other:?}"),
+        }
+    }
+
+    /// How the app's next session ended, skipping upgrades: the Close it got, or why it lost
+    /// the connection.
+    pub async fn next_end(&mut self) -> Result<Option<(u16, String)>, String> {
+        loop {
+            match self.next_event().await {
+                AppEvent::Upgrade(..) => continue,
+                AppEvent::Closed(c) => return Ok(c),
+                AppEvent::Lost(why) => return Err(why),
+            }
+        }
+    }
+
+    /// The code of the Close the app's next session got.
+    pub async fn next_close_code(&mut self) -> u16 {
+        match self.next_end().await {
+            Ok(Some((code, _))) => code,
+            other => panic!("expected the app to get a Close with a code, got {other:?}"),
+        }
+    }
+}
+
+/// A WebSocket echo app written with tokio-tungstenite, an implementation independent of the
+/// gateway's. It selects `protocol` when the client offers it and obeys two text commands:
+/// `close:<code>:<reason>` closes from its side, `drop` drops the TCP connection without a Close.
+// The handshake callback's Err type is tungstenite's; this app never returns it.
+#[allow(clippy::result_large_err)]
+pub async fn spawn_ws_app(protocol: Option<&'static str>) -> WsApp {
+    use futures_util::{SinkExt, StreamExt};
+    use tungstenite::protocol::frame::CloseFrame;
+    use tungstenite::Message;
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let seen = tx.clone();
+                let callback =
+                    move |req: &tungstenite::handshake::server::Request,
+                          mut resp: tungstenite::handshake::server::Response| {
+                        let _ = seen.send(AppEvent::Upgrade(
+                            req.uri().to_string(),
+                            req.headers().clone(),
+                        ));
+                        let offered = req
+                            .headers()
+                            .get_all("sec-websocket-protocol")
+                            .iter()
+                            .filter_map(|v| v.to_str().ok())
+                            .flat_map(|v| v.split(','))
+                            .any(|p| Some(p.trim()) == protocol);
+                        if let (true, Some(p)) = (offered, protocol) {
+                            resp.headers_mut()
+                                .insert("sec-websocket-protocol", p.parse().unwrap());
+                        }
+                        Ok(resp)
+                    };
+                let mut ws = match tokio_tungstenite::accept_hdr_async(stream, callback).await {
+                    Ok(ws) => ws,
+                    Err(e) => {
+                        let _ = tx.send(AppEvent::Lost(e.to_string()));
+                        return;
+                    }
+                };
+                let mut ended = false;
+                while let Some(msg) = ws.next().await {
+                    match msg {
+                        Ok(Message::Text(t)) if t.as_str() == "drop" => {
+                            drop(ws);
+                            let _ = tx.send(AppEvent::Lost("dropped on request".into()));
+                            return;
+                        }
+                        Ok(Message::Text(t)) if t.as_str().starts_with("close:") => {
+                            let mut parts = t.as_str().splitn(3, ':').skip(1);
+                            let code: u16 = parts.next().unwrap().parse().unwrap();
+                            let reason = parts.next().unwrap_or("").to_owned();
+                            let frame = CloseFrame {
+                                code: code.into(),
+                                reason: reason.into(),
+                            };
+                            let _ = ws.close(Some(frame)).await;
+                        }
+                        Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
+                            if ws.send(m).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok(Message::Close(frame)) => {
+                            ended = true;
+                            let _ = tx.send(AppEvent::Closed(
+                                frame.map(|f| (u16::from(f.code), f.reason.to_string())),
+                            ));
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            if !ended {
+                                ended = true;
+                                let _ = tx.send(AppEvent::Lost(e.to_string()));
+                            }
+                            break;
+                        }
+                    }
+                }
+                if !ended {
+                    let _ = tx.send(AppEvent::Lost("connection closed".into()));
+                }
+            });
+        }
+    });
+    WsApp {
+        addr,
+        accepted,
+        events,
+    }
+}
+
+/// An app that hands each accepted TCP connection to the test, for byte-level behaviour.
+pub struct RawApp {
+    pub addr: SocketAddr,
+    pub accepted: Arc<AtomicUsize>,
+    conns: tokio::sync::mpsc::UnboundedReceiver<TcpStream>,
+}
+
+impl RawApp {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn accept(&mut self) -> TcpStream {
+        tokio::time::timeout(WAIT, self.conns.recv())
+            .await
+            .expect("gateway connection within the wait")
+            .unwrap()
+    }
+}
+
+pub async fn spawn_raw_app() -> RawApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (tx, conns) = tokio::sync::mpsc::unbounded_channel();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            if tx.send(stream).is_err() {
+                break;
+            }
+        }
+    });
+    RawApp {
+        addr,
+        accepted,
+        conns,
+    }
+}
+
+/// A header's value in a raw HTTP head (first occurrence, name case-insensitive).
+pub fn head_header(head: &str, name: &str) -> Option<String> {
+    head.split("\r\n").skip(1).find_map(|line| {
+        let (k, v) = line.split_once(':')?;
+        k.trim()
+            .eq_ignore_ascii_case(name)
+            .then(|| v.trim().to_owned())
+    })
+}
+
+/// Reads an upgrade request on a raw app connection and answers 101 with the right accept and
+/// `extra` header lines (each ending in CRLF); returns the request head.
+pub async fn answer_upgrade(s: &mut TcpStream, extra: &str) -> String {
+    let head = read_head(s).await;
+    let key = head_header(&head, "sec-websocket-key").expect("upgrade carries a key");
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let resp = format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
+    );
+    s.write_all(resp.as_bytes()).await.unwrap();
+    head
+}
+
+/// Reads one frame as an app sees it: (fin, opcode, masked, payload with the mask removed).
+pub async fn read_app_frame(s: &mut TcpStream) -> (bool, u8, bool, Vec<u8>) {
+    tokio::time::timeout(WAIT, async {
+        let mut h = [0u8; 2];
+        s.read_exact(&mut h).await.unwrap();
+        let len = match h[1] & 0x7f {
+            126 => s.read_u16().await.unwrap() as usize,
+            127 => s.read_u64().await.unwrap() as usize,
+            n => n as usize,
+        };
+        let masked = h[1] & 0x80 != 0;
+        let mut key = [0u8; 4];
+        if masked {
+            s.read_exact(&mut key).await.unwrap();
+        }
+        let mut payload = vec![0u8; len];
+        s.read_exact(&mut payload).await.unwrap();
+        if masked {
+            for (i, b) in payload.iter_mut().enumerate() {
+                *b ^= key[i % 4];
+            }
+        }
+        (h[0] & 0x80 != 0, h[0] & 0x0f, masked, payload)
+    })
+    .await
+    .expect("frame within the wait")
+}
+
+/// An HTTP app that records every request head it reads (in order, before answering) and
+/// answers WebSocket upgrades with a valid 101 and anything else with `200 ok`.
+pub struct RecordingApp {
+    pub addr: SocketAddr,
+    pub heads: Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+pub async fn spawn_recording_app() -> RecordingApp {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte).await {
+                            Ok(1) => buf.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    seen.lock().unwrap().push(head.clone());
+                    if let Some(key) = head_header(&head, "sec-websocket-key") {
+                        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+                        let _ = s.write_all(resp.as_bytes()).await;
+                        let mut sink = [0u8; 1024];
+                        while let Ok(n) = s.read(&mut sink).await {
+                            if n == 0 {
+                                break;
+                            }
+                        }
+                        return;
+                    }
+                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    RecordingApp { addr, heads }
 }

@@ -1,0 +1,353 @@
+//! Prometheus metrics for operators: what is open, what was refused and why, what went through,
+//! and how sessions ended. Counters are per server (not process-global) so several gateways in
+//! one process, as in the tests, do not mix their figures. Message and byte counts are added
+//! when a session ends, so the per-message path touches no shared cache line.
+
+use std::fmt::Write;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+use crate::ws::session::{ClosedBy, SessionEnd};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteMode {
+    pub route: String,
+    pub mode: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Upgrade {
+    route: String,
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Flow {
+    route: String,
+    mode: String,
+    direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Close {
+    route: String,
+    code: String,
+    side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamLabels {
+    route: String,
+    upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    outcome: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    route: String,
+    status: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    open: Family<RouteMode, Gauge>,
+    upgrades: Family<Upgrade, Counter>,
+    messages: Family<Flow, Counter>,
+    bytes: Family<Flow, Counter>,
+    closes: Family<Close, Counter>,
+    session_seconds: HistogramFamily<RouteMode>,
+    handshake_seconds: HistogramFamily<RouteMode>,
+    upstream_up: Family<UpstreamLabels, Gauge>,
+    http_requests: Family<HttpLabels, Counter>,
+    generation: Gauge,
+    reloads: Family<Outcome, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("wsgate");
+        let open = Family::<RouteMode, Gauge>::default();
+        let upgrades = Family::<Upgrade, Counter>::default();
+        let messages = Family::<Flow, Counter>::default();
+        let bytes = Family::<Flow, Counter>::default();
+        let closes = Family::<Close, Counter>::default();
+        let session_seconds: HistogramFamily<RouteMode> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.1, 4.0, 10)));
+        let handshake_seconds: HistogramFamily<RouteMode> =
+            Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 3.0, 12)));
+        let upstream_up = Family::<UpstreamLabels, Gauge>::default();
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        let generation = Gauge::default();
+        let reloads = Family::<Outcome, Counter>::default();
+        registry.register("websockets_open", "Open WebSocket sessions", open.clone());
+        registry.register(
+            "upgrades",
+            "WebSocket upgrade requests by outcome (accepted, origin, handshake, limits, upstream, draining, rejected)",
+            upgrades.clone(),
+        );
+        registry.register(
+            "messages",
+            "WebSocket messages by direction, counted when sessions end",
+            messages.clone(),
+        );
+        registry.register(
+            "bytes",
+            "WebSocket payload bytes by direction, counted when sessions end",
+            bytes.clone(),
+        );
+        registry.register(
+            "closes",
+            "Sessions ended, by close code and the side that closed",
+            closes.clone(),
+        );
+        registry.register(
+            "session_duration_seconds",
+            "WebSocket session duration",
+            session_seconds.clone(),
+        );
+        registry.register(
+            "handshake_duration_seconds",
+            "Time from upgrade request to 101 (relay and passthrough include the upstream)",
+            handshake_seconds.clone(),
+        );
+        registry.register(
+            "upstream_healthy",
+            "1 when an upstream receives new connections",
+            upstream_up.clone(),
+        );
+        registry.register(
+            "http_requests",
+            "Proxied HTTP requests by status",
+            http_requests.clone(),
+        );
+        registry.register(
+            "config_generation",
+            "Generation of the config being served (1 at start)",
+            generation.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Config reloads by outcome (ok, failed)",
+            reloads.clone(),
+        );
+        generation.set(1);
+        Self {
+            registry,
+            open,
+            upgrades,
+            messages,
+            bytes,
+            closes,
+            session_seconds,
+            handshake_seconds,
+            upstream_up,
+            http_requests,
+            generation,
+            reloads,
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String");
+        out
+    }
+
+    pub fn upgrade(&self, route: &str, outcome: &str) {
+        self.upgrades
+            .get_or_create(&Upgrade {
+                route: route.to_owned(),
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+
+    pub fn handshake(&self, route: &str, mode: &str, took: Duration) {
+        self.handshake_seconds
+            .get_or_create(&labels(route, mode))
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a session as open until the guard is dropped, whichever way the task ends.
+    pub fn session_open(&self, route: &str, mode: &str) -> OpenGuard {
+        let gauge = self.open.get_or_create_owned(&labels(route, mode));
+        gauge.inc();
+        OpenGuard { gauge }
+    }
+
+    pub fn session_ended(&self, route: &str, mode: &str, end: &SessionEnd, lasted: Duration) {
+        let flow = |direction: &str| Flow {
+            route: route.to_owned(),
+            mode: mode.to_owned(),
+            direction: direction.to_owned(),
+        };
+        self.messages
+            .get_or_create(&flow("in"))
+            .inc_by(end.messages_in);
+        self.messages
+            .get_or_create(&flow("out"))
+            .inc_by(end.messages_out);
+        self.bytes.get_or_create(&flow("in")).inc_by(end.bytes_in);
+        self.bytes.get_or_create(&flow("out")).inc_by(end.bytes_out);
+        let side = match end.closed_by {
+            ClosedBy::Client => "client",
+            ClosedBy::Gateway => "gateway",
+            ClosedBy::Upstream => "upstream",
+        };
+        let code = end
+            .code
+            .map_or_else(|| "none".to_owned(), |c| c.to_string());
+        self.closes
+            .get_or_create(&Close {
+                route: route.to_owned(),
+                code,
+                side: side.to_owned(),
+            })
+            .inc();
+        self.session_seconds
+            .get_or_create(&labels(route, mode))
+            .observe(lasted.as_secs_f64());
+    }
+
+    pub fn http_request(&self, route: &str, status: u16) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.to_owned(),
+                status: status.to_string(),
+            })
+            .inc();
+    }
+
+    pub fn upstream_health(&self, route: &str, upstream: &str, healthy: bool) {
+        self.upstream_up
+            .get_or_create(&UpstreamLabels {
+                route: route.to_owned(),
+                upstream: upstream.to_owned(),
+            })
+            .set(healthy as i64);
+    }
+
+    pub fn reloaded(&self, ok: bool, generation: u64) {
+        let outcome = if ok { "ok" } else { "failed" };
+        self.reloads
+            .get_or_create(&Outcome {
+                outcome: outcome.into(),
+            })
+            .inc();
+        if ok {
+            self.generation.set(generation as i64);
+        }
+    }
+
+    /// Open sessions per route and mode, for the status page.
+    pub fn open_sessions(&self) -> Vec<(String, String, i64)> {
+        // The family has no iterator; the exposition is the one source of truth, so read it back.
+        let text = self.render();
+        let mut out = Vec::new();
+        for line in text
+            .lines()
+            .filter(|l| l.starts_with("wsgate_websockets_open{"))
+        {
+            let (labels, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
+            let get = |key: &str| {
+                labels
+                    .split(&format!("{key}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("")
+                    .to_owned()
+            };
+            out.push((get("route"), get("mode"), value.parse().unwrap_or(0)));
+        }
+        out
+    }
+}
+
+fn labels(route: &str, mode: &str) -> RouteMode {
+    RouteMode {
+        route: route.to_owned(),
+        mode: mode.to_owned(),
+    }
+}
+
+pub struct OpenGuard {
+    gauge: Gauge,
+}
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
+
+/// Escapes a string for a JSON document (the status page writes its JSON by hand).
+pub fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_has_the_counted_values() {
+        let m = Metrics::new();
+        m.upgrade("/ws", "accepted");
+        m.upgrade("/ws", "origin");
+        let guard = m.session_open("/ws", "echo");
+        let mut end = SessionEnd::new(ClosedBy::Client, Some(1000), "");
+        end.messages_in = 3;
+        end.bytes_in = 30;
+        m.session_ended("/ws", "echo", &end, Duration::from_millis(5));
+        let text = m.render();
+        assert!(
+            text.contains("wsgate_upgrades_total{route=\"/ws\",outcome=\"accepted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgate_messages_total{route=\"/ws\",mode=\"echo\",direction=\"in\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("wsgate_closes_total{route=\"/ws\",code=\"1000\",side=\"client\"} 1"),
+            "{text}"
+        );
+        assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 1)]);
+        drop(guard);
+        assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 0)]);
+        assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
+    }
+}

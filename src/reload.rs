@@ -1,0 +1,77 @@
+//! What triggers a reload: SIGHUP, or a change to the config file. The file is watched by
+//! content rather than with inotify, because Kubernetes updates a mounted ConfigMap by swapping
+//! a symlink, and editors replace files by rename: both defeat watches on the old inode, while a
+//! cheap read every half second sees every real change. A change must stay put for one more
+//! poll (debounce) so a file caught mid-write is not loaded.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::info;
+
+use crate::config;
+use crate::notify;
+use crate::server::Reloader;
+
+const POLL: Duration = Duration::from_millis(500);
+
+/// Loads and applies the file once; errors are logged and counted, the old config stays.
+pub async fn reload_from(path: &Path, reloader: &Reloader) {
+    let _ = notify::notify(&notify::reloading_message());
+    match config::load_file(path) {
+        Ok(config) => {
+            // The server logs and counts both outcomes of the swap itself.
+            let _ = reloader.reload(config).await;
+        }
+        Err(e) => reloader.rejected(&e),
+    }
+    let _ = notify::notify("READY=1");
+}
+
+/// Reloads whenever the file's contents change from what they are now (read at the call, not
+/// when the task first runs, so a change made right after is not missed). Runs until dropped.
+pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future<Output = ()> {
+    let last = fingerprint(&path);
+    watch_from(path, reloader, last)
+}
+
+async fn watch_from(path: PathBuf, reloader: Reloader, mut last: Option<u64>) {
+    loop {
+        tokio::time::sleep(POLL).await;
+        let seen = fingerprint(&path);
+        if seen == last {
+            continue;
+        }
+        tokio::time::sleep(POLL).await;
+        if fingerprint(&path) != seen {
+            continue; // still being written; look again next round
+        }
+        last = seen;
+        info!(file = %path.display(), "configuration file changed");
+        reload_from(&path, &reloader).await;
+    }
+}
+
+/// Reloads on every SIGHUP. The signal stream is made by the caller before the service is
+/// announced ready, since a SIGHUP that arrives before the handler exists would kill the process.
+pub async fn on_sighup(
+    mut hup: tokio::signal::unix::Signal,
+    path: Option<PathBuf>,
+    reloader: Reloader,
+) {
+    while hup.recv().await.is_some() {
+        info!("SIGHUP received");
+        match &path {
+            Some(p) => reload_from(p, &reloader).await,
+            None => info!("running on the embedded default; there is no file to reload"),
+        }
+    }
+}
+
+fn fingerprint(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}

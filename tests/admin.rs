@@ -1,0 +1,112 @@
+//! The admin listener: Prometheus metrics that match the traffic, the JSON status and its page.
+
+mod common;
+
+use common::*;
+use futures_util::SinkExt;
+use tungstenite::Message;
+
+async fn get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n");
+    let (mut s, head) = raw_request(addr, req.as_bytes()).await;
+    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    (status_of(&head), body)
+}
+
+fn value(metrics: &str, series: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn metrics_and_status_match_the_traffic() {
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nwebsockets:\n  allowed_origins: [\"https://ok.test\"]\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    for i in 0..3 {
+        ws.send(Message::text(format!("message {i}")))
+            .await
+            .unwrap();
+        next_msg(&mut ws).await.unwrap().unwrap();
+    }
+    // While it is open, the status shows one open echo session.
+    let (status, json) = get(admin, "/status").await;
+    assert_eq!(status, 200);
+    assert!(
+        json.contains("\"route\":\"/ws\",\"mode\":\"echo\",\"open\":1"),
+        "{json}"
+    );
+    assert!(json.contains("\"generation\":1"), "{json}");
+    ws.send(Message::Close(Some(tungstenite::protocol::CloseFrame {
+        code: 4000.into(),
+        reason: "done".into(),
+    })))
+    .await
+    .unwrap();
+    assert_eq!(expect_close(&mut ws).await, 4000);
+    drop(ws);
+
+    // A refused origin is counted by reason.
+    let refused = format!("{UPGRADE}Origin: https://evil.test\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), refused.as_bytes()).await;
+    assert_eq!(status_of(&head), 403);
+
+    // The session's figures arrive when it ends; wait for that event rather than for time.
+    let metrics = tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, m) = get(admin, "/metrics").await;
+            if value(
+                &m,
+                "wsgate_closes_total{route=\"/ws\",code=\"4000\",side=\"client\"}",
+            ) == Some(1.0)
+            {
+                break m;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the session end was never counted");
+    let v = |s: &str| value(&metrics, s);
+    assert_eq!(
+        v("wsgate_upgrades_total{route=\"/ws\",outcome=\"accepted\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("wsgate_upgrades_total{route=\"/ws\",outcome=\"origin\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("wsgate_messages_total{route=\"/ws\",mode=\"echo\",direction=\"in\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        v("wsgate_messages_total{route=\"/ws\",mode=\"echo\",direction=\"out\"}"),
+        Some(3.0)
+    );
+    assert_eq!(
+        v("wsgate_bytes_total{route=\"/ws\",mode=\"echo\",direction=\"in\"}"),
+        Some(27.0)
+    );
+    assert_eq!(
+        v("wsgate_websockets_open{route=\"/ws\",mode=\"echo\"}"),
+        Some(0.0)
+    );
+    assert_eq!(v("wsgate_config_generation"), Some(1.0));
+    assert!(
+        metrics.contains("wsgate_session_duration_seconds_count{route=\"/ws\",mode=\"echo\"} 1"),
+        "{metrics}"
+    );
+
+    let (status, page) = get(admin, "/").await;
+    assert_eq!(status, 200);
+    assert!(page.contains("wsgate status") && page.contains("/status"));
+    gw.stop().await;
+}

@@ -1,0 +1,272 @@
+//! Passthrough over real sockets: the client's own upgrade goes to the app, and bytes are
+//! tunnelled only after the app's valid 101; anything else is answered and the connection ends.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use common::*;
+use futures_util::SinkExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::task::JoinHandle;
+use tungstenite::Message;
+
+fn config(upstream: &str, route_extra: &str) -> String {
+    format!(
+        "listen:\n{}websockets:\n  close_timeout: 2s\nroutes:\n  - path: /ws\n    websocket: passthrough\n    upstream_timeout: 2s\n    upstreams: [\"{upstream}\"]\n{route_extra}",
+        plain_listener()
+    )
+}
+
+/// Sends a raw request from a task, so the test can play the app meanwhile.
+fn spawn_request(addr: SocketAddr, req: String) -> JoinHandle<(TcpStream, String)> {
+    tokio::spawn(async move { raw_request(addr, req.as_bytes()).await })
+}
+
+#[tokio::test]
+async fn the_apps_own_websocket_runs_through_the_tunnel() {
+    let mut app = spawn_ws_app(Some("chat")).await;
+    let gw = Gateway::start(&config(&format!("{}/base", app.url()), "")).await;
+    let req = format!(
+        "{UPGRADE}Sec-WebSocket-Protocol: chat\r\nConnection: X-Secret\r\nX-Secret: 1\r\nKeep-Alive: timeout=5\r\nX-Forwarded-For: 203.0.113.9\r\nCookie: a=b\r\n\r\n"
+    );
+    let (mut s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // The accept the app computed from the client's own key.
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    assert_eq!(
+        head_header(&head, "sec-websocket-protocol").as_deref(),
+        Some("chat")
+    );
+    let (target, headers) = app.next_upgrade().await;
+    assert_eq!(target, "/base/ws");
+    assert_eq!(headers["host"], "localhost");
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(headers["upgrade"], "websocket");
+    assert_eq!(headers["connection"], "Upgrade");
+    assert_eq!(headers["cookie"], "a=b");
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "localhost");
+    assert!(!headers.contains_key("x-secret"));
+    assert!(!headers.contains_key("keep-alive"));
+
+    s.write_all(&frame(true, 1, MASK, b"through"))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"through".to_vec()));
+    s.write_all(&frame(true, 8, MASK, &4001u16.to_be_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut s).await, 4001);
+    assert_eq!(app.next_close_code().await, 4001);
+    read_to_eof(&mut s).await;
+    drop(s);
+
+    // And with an ordinary client, a large message.
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 253) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(big)
+    );
+    ws.close(None).await.unwrap();
+    drop(ws);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn the_apps_upgrade_answer_reaches_the_client_and_bytes_flow_raw() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let client = spawn_request(
+        gw.addr(),
+        format!("{UPGRADE}Sec-WebSocket-Extensions: permessage-deflate\r\n\r\n"),
+    );
+    let mut up = app.accept().await;
+    let head = answer_upgrade(
+        &mut up,
+        "Sec-WebSocket-Extensions: permessage-deflate\r\nSet-Cookie: sticky=1\r\nX-Internal: yes\r\n",
+    )
+    .await;
+    assert_eq!(
+        head_header(&head, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate")
+    );
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert_eq!(
+        head_header(&resp, "sec-websocket-extensions").as_deref(),
+        Some("permessage-deflate")
+    );
+    assert_eq!(
+        head_header(&resp, "set-cookie").as_deref(),
+        Some("sticky=1")
+    );
+    assert_eq!(head_header(&resp, "x-internal"), None);
+    // Not frames: passthrough copies bytes it does not understand.
+    c.write_all(b"not a frame").await.unwrap();
+    let mut buf = [0u8; 11];
+    up.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"not a frame");
+    up.write_all(b"neither").await.unwrap();
+    let mut buf = [0u8; 7];
+    c.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"neither");
+    // The app closing ends the tunnel for the client.
+    drop(up);
+    assert!(read_to_eof(&mut c).await.is_empty());
+    drop(c);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_is_relayed_and_nothing_pipelined_is_tunnelled() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let pipelined = format!("{UPGRADE}\r\nGET /second HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let client = spawn_request(gw.addr(), pipelined);
+    let mut up = app.accept().await;
+    let head = read_head(&mut up).await;
+    assert!(head.starts_with("GET /ws "), "{head}");
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-App: yes\r\n\r\nhello")
+        .await
+        .unwrap();
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    assert_eq!(head_header(&resp, "connection").as_deref(), Some("close"));
+    assert_eq!(head_header(&resp, "x-app").as_deref(), Some("yes"));
+    let rest = read_to_eof(&mut c).await;
+    assert_eq!(rest, b"hello", "{}", String::from_utf8_lossy(&rest));
+    // The app never sees the second request: its connection just ends.
+    let more = read_to_eof(&mut up).await;
+    assert!(more.is_empty(), "{}", String::from_utf8_lossy(&more));
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_101_with_the_wrong_accept_gets_502_and_no_tunnel() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let mut pipelined = format!("{UPGRADE}\r\n").into_bytes();
+    pipelined.extend(frame(true, 1, MASK, b"smuggled"));
+    let addr = gw.addr();
+    let client = tokio::spawn(async move {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(&pipelined).await.unwrap();
+        let head = read_head(&mut s).await;
+        (s, head)
+    });
+    let mut up = app.accept().await;
+    read_head(&mut up).await;
+    up.write_all(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: AAAAAAAAAAAAAAAAAAAAAAAAAAA=\r\n\r\n")
+        .await
+        .unwrap();
+    up.write_all(&frame(true, 1, None, b"from the app"))
+        .await
+        .unwrap();
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    let rest = String::from_utf8_lossy(&read_to_eof(&mut c).await).into_owned();
+    assert!(!rest.contains("from the app"), "{rest}");
+    let more = read_to_eof(&mut up).await;
+    assert!(more.is_empty(), "{}", String::from_utf8_lossy(&more));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn h2c_is_never_asked_of_the_app() {
+    let app = spawn_recording_app().await;
+    let gw = Gateway::start(&config(&format!("http://{}", app.addr), "")).await;
+    // A plain request that asks for h2c: whatever answers it, it is not an upgrade.
+    let h2c = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: h2c\r\nConnection: Upgrade, HTTP2-Settings\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n";
+    let (s, head) = raw_request(gw.addr(), h2c.as_bytes()).await;
+    assert_ne!(status_of(&head), 101, "{head}");
+    drop(s);
+    // A WebSocket upgrade that also lists h2c: only websocket reaches the app.
+    let both = UPGRADE.replace("Upgrade: websocket", "Upgrade: h2c, websocket") + "\r\n";
+    let (s, head) = raw_request(gw.addr(), both.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    drop(s);
+    let heads = app.heads.lock().unwrap().clone();
+    assert!(!heads.is_empty());
+    for head in &heads {
+        for line in head.split("\r\n") {
+            let lower = line.to_ascii_lowercase();
+            assert!(
+                !(lower.starts_with("upgrade:") && lower.contains("h2c")),
+                "the app was asked for h2c: {head}"
+            );
+            assert!(!lower.starts_with("http2-settings:"), "{head}");
+        }
+    }
+    let last = heads.last().unwrap();
+    assert_eq!(head_header(last, "upgrade").as_deref(), Some("websocket"));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn websockets_disabled_turns_an_app_route_into_passthrough() {
+    let mut app = spawn_ws_app(None).await;
+    let yaml = format!(
+        "listen:\n{}websockets:\n  enabled: false\nroutes:\n  - path: /ws\n    upstreams: [\"{}\"]\n",
+        plain_listener(),
+        app.url()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    // The client's own key reached the app: wsgate did not open a WebSocket of its own.
+    let (_, headers) = app.next_upgrade().await;
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    s.write_all(&frame(true, 2, MASK, &[1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 2, vec![1, 2, 3]));
+    drop(s);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn origin_is_refused_before_any_app_contact() {
+    let mut app = spawn_ws_app(None).await;
+    let route = "    allowed_origins: [\"https://good.example\"]\n";
+    let gw = Gateway::start(&config(&app.url(), route)).await;
+    let bad = format!("{UPGRADE}Origin: https://evil.example\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), bad.as_bytes()).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    let good = format!("{UPGRADE}Origin: https://good.example\r\n\r\n");
+    let (s, head) = raw_request(gw.addr(), good.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // Connections are accepted in order, so the refused one would have been counted first.
+    app.next_upgrade().await;
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    drop(s);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_app_gets_502() {
+    let gw = Gateway::start(&config(&format!("http://{}", closed_port_addr()), "")).await;
+    let (mut s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    read_to_eof(&mut s).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_tunnels() {
+    let mut app = spawn_ws_app(None).await;
+    let mut gw = Gateway::start(&config(&app.url(), "")).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(&frame(true, 1, MASK, b"up")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"up".to_vec()));
+    gw.begin_shutdown();
+    // No Close frame can be injected into a byte stream: the connections just end.
+    assert!(read_to_eof(&mut s).await.is_empty());
+    assert!(app.next_end().await.is_err());
+    gw.stop().await;
+}

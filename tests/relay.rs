@@ -1,0 +1,584 @@
+//! Relay over real sockets: the gateway terminates the client's WebSocket and opens its own to
+//! an app written with tokio-tungstenite (or driven byte by byte), and both legs are checked.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::task::JoinHandle;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::Message;
+
+fn config(upstream: &str, ws_extra: &str, route_extra: &str) -> String {
+    format!(
+        "listen:\n{}websockets:\n  max_message_size: 1MiB\n  close_timeout: 2s\n{ws_extra}routes:\n  - path: /ws\n    websocket: relay\n    upstream_timeout: 2s\n    upstreams: [\"{upstream}\"]\n{route_extra}",
+        plain_listener()
+    )
+}
+
+async fn relay_to(app: &str) -> Gateway {
+    Gateway::start(&config(app, "", "")).await
+}
+
+/// Sends a raw request from a task, so the test can play the app meanwhile.
+fn spawn_request(addr: SocketAddr, req: String) -> JoinHandle<(TcpStream, String)> {
+    tokio::spawn(async move { raw_request(addr, req.as_bytes()).await })
+}
+
+#[tokio::test]
+async fn relays_text_binary_and_large_messages() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    let mut ws = connect(&gw.ws_url("/ws?room=1")).await;
+    let (target, headers) = app.next_upgrade().await;
+    assert_eq!(target, "/ws?room=1");
+    assert_eq!(headers["host"], app.addr.to_string());
+    assert_eq!(headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], gw.addr().to_string());
+
+    ws.send(Message::text("hello relay")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::text("hello relay")
+    );
+    ws.send(Message::binary(vec![0u8, 1, 2, 255]))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(vec![0u8, 1, 2, 255])
+    );
+    let big: Vec<u8> = (0..1024 * 1024).map(|i| (i % 251) as u8).collect();
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(big)
+    );
+    // An empty Close reaches the app as 1000, and the app's answer comes back.
+    ws.close(None).await.unwrap();
+    assert_eq!(app.next_end().await, Ok(Some((1000, String::new()))));
+    assert_eq!(expect_close(&mut ws).await, 1000);
+    drop(ws);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn frames_are_forwarded_as_they_come_and_masked_towards_the_app() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let req = format!(
+        "{UPGRADE}Origin: https://front.example\r\nCookie: session=abc\r\nAuthorization: Bearer t\r\nSec-WebSocket-Extensions: permessage-deflate\r\n\r\n"
+    );
+    let client = spawn_request(gw.addr(), req);
+    let mut up = app.accept().await;
+    let head = answer_upgrade(&mut up, "").await;
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert!(resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp}");
+    assert!(
+        !resp
+            .to_ascii_lowercase()
+            .contains("sec-websocket-extensions"),
+        "{resp}"
+    );
+    // wsgate's own key and no compression towards the app; the client's credentials go along.
+    let key = head_header(&head, "sec-websocket-key").unwrap();
+    assert_ne!(key, "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(head_header(&head, "sec-websocket-extensions"), None);
+    assert_eq!(head_header(&head, "sec-websocket-version").unwrap(), "13");
+    assert_eq!(
+        head_header(&head, "origin").unwrap(),
+        "https://front.example"
+    );
+    assert_eq!(head_header(&head, "cookie").unwrap(), "session=abc");
+    assert_eq!(head_header(&head, "authorization").unwrap(), "Bearer t");
+
+    // A fragmented message with a Ping in between: fragments arrive as fragments, re-masked;
+    // the Ping is answered by the gateway and never reaches the app.
+    c.write_all(&frame(false, 1, MASK, b"frag")).await.unwrap();
+    c.write_all(&frame(true, 9, MASK, b"p")).await.unwrap();
+    c.write_all(&frame(false, 0, MASK, b"men")).await.unwrap();
+    c.write_all(&frame(true, 0, MASK, "ted €".as_bytes()))
+        .await
+        .unwrap();
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (false, 1, true, b"frag".to_vec())
+    );
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (false, 0, true, b"men".to_vec())
+    );
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (true, 0, true, "ted €".as_bytes().to_vec())
+    );
+    assert_eq!(read_frame(&mut c).await, (true, 0xA, b"p".to_vec()));
+
+    // The app's Ping is answered towards the app; its fragments reach the client unmasked.
+    up.write_all(&frame(true, 9, None, b"hi")).await.unwrap();
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (true, 0xA, true, b"hi".to_vec())
+    );
+    up.write_all(&frame(false, 2, None, &[1, 2])).await.unwrap();
+    up.write_all(&frame(true, 0, None, &[3])).await.unwrap();
+    assert_eq!(read_frame(&mut c).await, (false, 2, vec![1, 2]));
+    assert_eq!(read_frame(&mut c).await, (true, 0, vec![3]));
+
+    // Close code and reason travel to the app; its answer travels back; both TCP legs end.
+    let mut bye = 4001u16.to_be_bytes().to_vec();
+    bye.extend_from_slice(b"bye");
+    c.write_all(&frame(true, 8, MASK, &bye)).await.unwrap();
+    assert_eq!(read_app_frame(&mut up).await, (true, 8, true, bye.clone()));
+    up.write_all(&frame(true, 8, None, &bye)).await.unwrap();
+    assert_eq!(read_frame(&mut c).await, (true, 8, bye));
+    assert!(read_to_eof(&mut c).await.is_empty());
+    drop((c, up));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn subprotocol_is_the_apps_choice_among_the_offered() {
+    let mut app = spawn_ws_app(Some("chat.v2")).await;
+    let gw = relay_to(&app.url()).await;
+    let req = format!("{UPGRADE}Sec-WebSocket-Protocol: chat.v1, chat.v2\r\n\r\n");
+    let (s1, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(
+        head_header(&head, "sec-websocket-protocol").as_deref(),
+        Some("chat.v2")
+    );
+    let (_, headers) = app.next_upgrade().await;
+    assert_eq!(headers["sec-websocket-protocol"], "chat.v1, chat.v2");
+    let req = format!("{UPGRADE}Sec-WebSocket-Protocol: chat.v1\r\n\r\n");
+    let (s2, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(head_header(&head, "sec-websocket-protocol"), None);
+    drop((s1, s2));
+    gw.stop().await;
+
+    // An app that picks a protocol the client never offered gets no tunnel.
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let req = format!("{UPGRADE}Sec-WebSocket-Protocol: chat.v1\r\n\r\n");
+    let client = spawn_request(gw.addr(), req);
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "Sec-WebSocket-Protocol: evil\r\n").await;
+    let (_s, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 502, "{head}");
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn close_codes_and_reasons_pass_through_both_ways() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    // Client closes.
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    ws.close(Some(CloseFrame {
+        code: 4001.into(),
+        reason: "bye".into(),
+    }))
+    .await
+    .unwrap();
+    assert_eq!(app.next_end().await, Ok(Some((4001, "bye".into()))));
+    match next_msg(&mut ws).await {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4001, "bye"))
+        }
+        other => panic!("expected the app's Close, got {other:?}"),
+    }
+    drop(ws);
+    // App closes; the client's answer reaches it.
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    ws.send(Message::text("close:4002:server bye"))
+        .await
+        .unwrap();
+    match next_msg(&mut ws).await {
+        Some(Ok(Message::Close(Some(f)))) => {
+            assert_eq!((u16::from(f.code), f.reason.as_str()), (4002, "server bye"))
+        }
+        other => panic!("expected the app's Close, got {other:?}"),
+    }
+    assert!(next_msg(&mut ws).await.is_none());
+    assert_eq!(app.next_end().await, Ok(Some((4002, "server bye".into()))));
+    drop(ws);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn unreachable_app_gets_502_then_503_once_ejected_and_never_101() {
+    let gw = relay_to(&format!("http://{}", closed_port_addr())).await;
+    let (mut s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_to_eof(&mut s).await;
+    // Repeated connection failures eject the upstream: no healthy upstream left.
+    let mut statuses = Vec::new();
+    for _ in 0..5 {
+        let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+        statuses.push(status_of(&head));
+        if statuses.last() == Some(&503) {
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&503), "{statuses:?}");
+    assert!(statuses.iter().all(|s| *s == 502 || *s == 503));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn silent_app_gets_504() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(
+        &config(&app.url(), "", "").replace("upstream_timeout: 2s", "upstream_timeout: 300ms"),
+    )
+    .await;
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let up = app.accept().await;
+    let (_s, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 504, "{head}");
+    drop(up);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn app_dropping_mid_stream_gives_the_client_1014() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    // Raw bytes: tokio-tungstenite 0.26 reports a received 1014 as 1002.
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(&frame(true, 1, MASK, b"one")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"one".to_vec()));
+    s.write_all(&frame(true, 1, MASK, b"drop")).await.unwrap();
+    assert_eq!(read_close_code(&mut s).await, 1014);
+    read_to_eof(&mut s).await;
+    assert!(
+        app.next_end().await.is_err(),
+        "the app closed without a Close"
+    );
+    drop(s);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn vanishing_client_gives_the_app_1001() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    s.write_all(&frame(true, 1, MASK, b"hi")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"hi".to_vec()));
+    drop(s);
+    assert_eq!(app.next_close_code().await, 1001);
+    gw.stop().await;
+}
+
+/// Sends `bytes` as a misbehaving client; returns the client's Close code and the app's.
+async fn client_violation(gw: &Gateway, app: &mut WsApp, bytes: Vec<u8>) -> (u16, u16) {
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let (mut rd, mut wr) = s.split();
+    let writer = async {
+        let _ = wr.write_all(&bytes).await;
+    };
+    let reader = async {
+        let mut h = [0u8; 4];
+        rd.read_exact(&mut h).await.unwrap();
+        assert_eq!(h[0] & 0x0f, 8, "expected a Close frame");
+        u16::from_be_bytes([h[2], h[3]])
+    };
+    let (_, code) = tokio::join!(writer, tokio::time::timeout(WAIT, reader));
+    read_to_eof(&mut s).await;
+    (
+        code.expect("Close within the wait"),
+        app.next_close_code().await,
+    )
+}
+
+#[tokio::test]
+async fn client_violations_close_the_client_with_their_code_and_the_app_with_1001() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    let unmasked = frame(true, 1, None, b"hi");
+    assert_eq!(
+        client_violation(&gw, &mut app, unmasked).await,
+        (1002, 1001)
+    );
+    let bad_utf8 = frame(true, 1, MASK, &[0xC3, 0x28]);
+    assert_eq!(
+        client_violation(&gw, &mut app, bad_utf8).await,
+        (1007, 1001)
+    );
+    let euro = "€".as_bytes();
+    let mut split = frame(false, 1, MASK, &euro[..2]);
+    split.extend(frame(true, 0, MASK, &[0x28]));
+    assert_eq!(client_violation(&gw, &mut app, split).await, (1007, 1001));
+    let too_big = frame(true, 2, MASK, &vec![0u8; 2 << 20]);
+    assert_eq!(client_violation(&gw, &mut app, too_big).await, (1009, 1001));
+    // Over the limit only in total: a relay forwards fragments but still counts the message.
+    let mut fragments = Vec::new();
+    for i in 0..20 {
+        fragments.extend(frame(
+            i == 19,
+            if i == 0 { 2 } else { 0 },
+            MASK,
+            &[7; 64 * 1024],
+        ));
+    }
+    assert_eq!(
+        client_violation(&gw, &mut app, fragments).await,
+        (1009, 1001)
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn app_violations_give_the_client_1014_and_the_app_their_code() {
+    for (bad, app_code) in [
+        (frame(true, 1, MASK, b"masked by a server"), 1002),
+        (frame(true, 1, None, &[0xFF]), 1007),
+    ] {
+        let mut app = spawn_raw_app().await;
+        let gw = relay_to(&app.url()).await;
+        let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+        let mut up = app.accept().await;
+        answer_upgrade(&mut up, "").await;
+        let (mut c, head) = client.await.unwrap();
+        assert_eq!(status_of(&head), 101);
+        up.write_all(&bad).await.unwrap();
+        assert_eq!(read_close_code(&mut c).await, 1014);
+        let (_, op, masked, payload) = read_app_frame(&mut up).await;
+        assert_eq!((op, masked), (8, true));
+        assert_eq!(u16::from_be_bytes([payload[0], payload[1]]), app_code);
+        drop((c, up));
+        gw.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_pings_both_legs() {
+    let mut app = spawn_raw_app().await;
+    let ws = "  keep_alive_interval: 100ms\n  keep_alive_timeout: 5s\n";
+    let gw = Gateway::start(&config(&app.url(), ws, "")).await;
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "").await;
+    let (mut c, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 101);
+    let (_, op, masked, _) = read_app_frame(&mut up).await;
+    assert_eq!((op, masked), (9, true), "the app gets masked Pings");
+    let (_, op, _) = read_frame(&mut c).await;
+    assert_eq!(op, 9, "the client gets Pings");
+    drop((c, up));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn both_directions_flow_at_once_without_deadlock() {
+    // The app echoes each message before reading the next; the client writes everything
+    // before reading anything back. Both legs' buffers fill, so a relay that stopped reading
+    // the app while writing to it would hang here.
+    let app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    let ws = connect(&gw.ws_url("/ws")).await;
+    let (mut sink, mut stream) = ws.split();
+    const N: usize = 64;
+    let chunk = bytes::Bytes::from(vec![5u8; 256 * 1024]);
+    let writer = async {
+        for _ in 0..N {
+            sink.send(Message::Binary(chunk.clone())).await.unwrap();
+        }
+    };
+    let reader = async {
+        for _ in 0..N {
+            match stream.next().await {
+                Some(Ok(Message::Binary(b))) => assert_eq!(b.len(), chunk.len()),
+                other => panic!("expected an echo, got {other:?}"),
+            }
+        }
+    };
+    tokio::time::timeout(WAIT, async { tokio::join!(writer, reader) })
+        .await
+        .expect("relay stalled with both directions busy");
+    drop((sink, stream));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_faster_than_the_app_is_slowed_down_not_buffered() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let url = gw.ws_url("/ws");
+    let client = tokio::spawn(async move { connect(&url).await });
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "").await;
+    let ws = client.await.unwrap();
+    let before = proc_status_kib("VmRSS");
+
+    // The app never reads. The client tries to push 64 MiB through, one 1 MiB message at a
+    // time; it has stalled once no send completes for a while.
+    const TOTAL: u64 = 64 << 20;
+    let sent = Arc::new(AtomicU64::new(0));
+    let progress = Arc::new(Notify::new());
+    let (counter, tick) = (sent.clone(), progress.clone());
+    let chunk = bytes::Bytes::from(vec![9u8; 1 << 20]);
+    let pushing = tokio::spawn(async move {
+        let mut ws = ws;
+        while counter.load(Ordering::Relaxed) < TOTAL {
+            ws.send(Message::Binary(chunk.clone())).await.unwrap();
+            counter.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+            tick.notify_one();
+        }
+    });
+    while tokio::time::timeout(Duration::from_millis(500), progress.notified())
+        .await
+        .is_ok()
+    {}
+    let through = sent.load(Ordering::Relaxed);
+    assert!(
+        through < TOTAL,
+        "all 64 MiB went through to an app that reads nothing"
+    );
+    if let (Some(before), Some(after)) = (before, proc_status_kib("VmRSS")) {
+        let grown = after.saturating_sub(before);
+        assert!(
+            grown < 64 * 1024,
+            "resident memory grew by {grown} KiB with {through} bytes sent"
+        );
+    }
+
+    // What was accepted arrives intact once the app reads.
+    let first = read_app_frame(&mut up).await;
+    assert_eq!((first.0, first.1, first.2), (true, 2, true));
+    assert_eq!(first.3, vec![9u8; 1 << 20]);
+    pushing.abort();
+    drop(up);
+}
+
+#[tokio::test]
+async fn origin_is_refused_before_any_app_contact() {
+    let mut app = spawn_ws_app(None).await;
+    let route = "    allowed_origins: [\"https://good.example\"]\n";
+    let gw = Gateway::start(&config(&app.url(), "", route)).await;
+    let bad = format!("{UPGRADE}Origin: https://evil.example\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), bad.as_bytes()).await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    let good = format!("{UPGRADE}Origin: https://good.example\r\n\r\n");
+    let (s, head) = raw_request(gw.addr(), good.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    // Connections are accepted in order, so the refused one would have been counted first.
+    app.next_upgrade().await;
+    assert_eq!(app.accepted.load(Ordering::SeqCst), 1);
+    drop(s);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_closes_both_legs_with_1001() {
+    let mut app = spawn_ws_app(None).await;
+    let mut gw = relay_to(&app.url()).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    ws.send(Message::text("up")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::text("up")
+    );
+    gw.begin_shutdown();
+    assert_eq!(expect_close(&mut ws).await, 1001);
+    drop(ws);
+    assert_eq!(app.next_close_code().await, 1001);
+    gw.stop().await;
+}
+
+/// A tokio-tungstenite echo app behind TLS, with a certificate from `pki` for 127.0.0.1.
+async fn spawn_wss_app(pki: &TestPki) -> SocketAddr {
+    use rustls::pki_types::pem::PemObject;
+    let (crt, key) = pki.issue("app", &["127.0.0.1"]);
+    let certs = rustls::pki_types::CertificateDer::pem_file_iter(&crt)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn relays_to_a_tls_app() {
+    use base64::Engine;
+    let pki = TestPki::new();
+    let app = spawn_wss_app(&pki).await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(&pki.ca_der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).unwrap())
+        .collect();
+    let ca = pki.dir.path().join("relay-ca.pem");
+    std::fs::write(
+        &ca,
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        ),
+    )
+    .unwrap();
+    let route = format!("    ca: {}\n", ca.display());
+    let gw = Gateway::start(&config(&format!("wss://{app}"), "", &route)).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    for i in 0..3 {
+        let msg = Message::text(format!("over TLS {i}"));
+        ws.send(msg.clone()).await.unwrap();
+        assert_eq!(next_msg(&mut ws).await.unwrap().unwrap(), msg);
+    }
+    let big = vec![3u8; 300 * 1024];
+    ws.send(Message::binary(big.clone())).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::binary(big)
+    );
+    ws.close(None).await.unwrap();
+    assert_eq!(expect_close(&mut ws).await, 1000);
+    drop(ws);
+    gw.stop().await;
+}

@@ -1,0 +1,206 @@
+//! Reloads without dropping anything: open WebSockets keep their snapshot, new connections see
+//! the new routes, bad files are rejected whole, drained routes close with 1001, and a new
+//! certificate is used by new handshakes only.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use tungstenite::Message;
+
+fn yaml(extra_routes: &str, top: &str) -> String {
+    format!(
+        "listen:\n{}{top}routes:\n  - path: /ws\n    websocket: echo\n{extra_routes}",
+        plain_listener()
+    )
+}
+
+async fn upgrade_status(gw: &Gateway, path: &str) -> u16 {
+    let req = UPGRADE.replace("GET /ws ", &format!("GET {path} ")) + "\r\n";
+    let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    status_of(&head)
+}
+
+#[tokio::test]
+async fn reload_under_load_drops_and_reorders_nothing() {
+    let dir = TempDir::new("reload-load");
+    let file = dir.path().join("wsgate.yaml");
+    std::fs::write(&file, yaml("", "")).unwrap();
+    let gw = Gateway::start(&yaml("", "")).await;
+    // The listener keeps its port across reloads because its configured address is unchanged.
+    let url = gw.ws_url("/ws");
+
+    const CLIENTS: usize = 100;
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let mut clients = Vec::new();
+    for _ in 0..CLIENTS {
+        let ws = connect(&url).await;
+        let stop = stop.clone();
+        clients.push(tokio::spawn(async move {
+            let (mut tx, mut rx) = ws.split();
+            let mut n: u64 = 0;
+            let stopped = stop.notified();
+            tokio::pin!(stopped);
+            loop {
+                tokio::select! {
+                    _ = &mut stopped => break,
+                    sent = tx.send(Message::text(n.to_string())) => sent.expect("send"),
+                }
+                match tokio::time::timeout(WAIT, rx.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        assert_eq!(t.as_str(), n.to_string(), "lost or reordered")
+                    }
+                    other => panic!("connection dropped or bad echo: {other:?}"),
+                }
+                n += 1;
+            }
+            tx.send(Message::Close(None)).await.unwrap();
+            n
+        }));
+    }
+
+    let mut expected_generation = 1;
+    for i in 0..20 {
+        if i % 2 == 0 {
+            // Valid: adds a route that must answer at once.
+            let extra = format!("  - path: /r{i}\n    websocket: echo\n");
+            std::fs::write(&file, yaml(&extra, "")).unwrap();
+            wsgate::reload::reload_from(&file, &gw.reloader).await;
+            expected_generation += 1;
+            assert_eq!(gw.state.generation(), expected_generation);
+            assert_eq!(upgrade_status(&gw, &format!("/r{i}")).await, 101);
+        } else {
+            // Invalid: a typo; the previous config keeps serving.
+            std::fs::write(&file, "listen:\n  - address: 127.0.0.1:0\nroutez: []\n").unwrap();
+            wsgate::reload::reload_from(&file, &gw.reloader).await;
+            assert_eq!(gw.state.generation(), expected_generation);
+            assert_eq!(upgrade_status(&gw, &format!("/r{}", i - 1)).await, 101);
+        }
+    }
+    // A route from an older generation is gone for new connections.
+    assert_eq!(upgrade_status(&gw, "/r0").await, 404);
+    stop.notify_waiters();
+    let mut total = 0;
+    for c in clients {
+        total += c.await.expect("client task");
+    }
+    assert!(
+        total >= CLIENTS as u64,
+        "clients exchanged {total} messages"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn drained_route_closes_with_1001_and_kept_route_stays() {
+    let top = "on_route_change: drain\n";
+    let extra = "  - path: /old\n    websocket: echo\n";
+    let gw = Gateway::start(&yaml(extra, top)).await;
+    let mut old = connect(&gw.ws_url("/old")).await;
+    let mut kept = connect(&gw.ws_url("/ws")).await;
+    let config =
+        wsgate::config::load_str(&yaml("", top), "t.yaml", std::path::Path::new(".")).unwrap();
+    assert_eq!(gw.reloader.reload(config).await.unwrap(), 2);
+    assert_eq!(expect_close(&mut old).await, 1001);
+    kept.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut kept).await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+
+    // With the default (keep), a removed route's open sockets carry on.
+    let gw2 = Gateway::start(&yaml(extra, "")).await;
+    let mut old = connect(&gw2.ws_url("/old")).await;
+    let config =
+        wsgate::config::load_str(&yaml("", ""), "t.yaml", std::path::Path::new(".")).unwrap();
+    gw2.reloader.reload(config).await.unwrap();
+    old.send(Message::text("kept")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut old).await.unwrap().unwrap(),
+        Message::text("kept")
+    );
+    assert_eq!(upgrade_status(&gw2, "/old").await, 404);
+    gw.stop().await;
+    gw2.stop().await;
+}
+
+#[tokio::test]
+async fn a_new_certificate_is_used_by_new_handshakes() {
+    let pki = TestPki::new();
+    let (a_crt, a_key) = pki.issue("first", &["localhost"]);
+    let (b_crt, b_key) = pki.issue("second", &["localhost"]);
+    let tls_yaml = |crt: &std::path::Path, key: &std::path::Path| {
+        format!(
+            "listen:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\nroutes:\n  - path: /ws\n    websocket: echo\n",
+            crt.display(),
+            key.display()
+        )
+    };
+    let gw = Gateway::start(&tls_yaml(&a_crt, &a_key)).await;
+    let leaf = |addr| {
+        let client = pki.client_config();
+        async move {
+            let connector = tokio_rustls::TlsConnector::from(client);
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            let s = connector.connect(name, tcp).await.unwrap();
+            let cert = s.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+            (s, cert)
+        }
+    };
+    let (open, first) = leaf(gw.addr()).await;
+    let config = wsgate::config::load_str(
+        &tls_yaml(&b_crt, &b_key),
+        "t.yaml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    gw.reloader.reload(config).await.unwrap();
+    let (_s, second) = leaf(gw.addr()).await;
+    assert_ne!(
+        first, second,
+        "the new handshake still got the old certificate"
+    );
+    // The connection made before the reload keeps working on its own session.
+    let mut open = open;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    open.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut body = Vec::new();
+    open.read_to_end(&mut body).await.unwrap();
+    assert!(String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"));
+
+    // A reload whose key file does not fit its certificate is rejected whole.
+    let bad = tls_yaml(&a_crt, &b_key);
+    let config = wsgate::config::load_str(&bad, "t.yaml", std::path::Path::new(".")).unwrap();
+    assert!(gw.reloader.reload(config).await.is_err());
+    let (_s, still) = leaf(gw.addr()).await;
+    assert_eq!(still, second);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_changed_file_is_reloaded_by_the_watcher() {
+    let dir = TempDir::new("reload-watch");
+    let file = dir.path().join("wsgate.yaml");
+    std::fs::write(&file, yaml("", "")).unwrap();
+    let gw = Gateway::start(&yaml("", "")).await;
+    let watcher = tokio::spawn(wsgate::reload::watch_file(
+        file.clone(),
+        gw.reloader.clone(),
+    ));
+    std::fs::write(&file, yaml("  - path: /fresh\n    websocket: echo\n", "")).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while gw.state.generation() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the watcher never reloaded");
+    assert_eq!(upgrade_status(&gw, "/fresh").await, 101);
+    watcher.abort();
+    gw.stop().await;
+}
