@@ -2,7 +2,9 @@
 //! WebSocket mode for upgrades and the route's upstream for everything else.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -22,7 +24,7 @@ use crate::proxy;
 use crate::router::host_without_port;
 use crate::server::Snapshot;
 use crate::shutdown::Shutdown;
-use crate::ws::session::close_requested;
+use crate::ws::session::{close_requested, CloseRequest, SessionEnd};
 use crate::ws::{echo, handshake, origin, relay};
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -153,18 +155,65 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         .body(empty())
         .expect("valid 101");
     let on_upgrade = hyper::upgrade::on(&mut req);
-    metrics.upgrade(&route.path, "accepted");
-    metrics.handshake(&route.path, "echo", started.elapsed());
-    let metrics = metrics.clone();
-    let snapshot = ctx.snapshot.clone();
-    let closing = close_requested(
-        ctx.snapshot.route_closing[index].clone(),
-        ctx.snapshot.config.close_spread,
-        ctx.snapshot.config.max_connection_age,
+    let admitted = Admitted {
+        permit,
+        client,
+        started,
+    };
+    spawn_session(
+        ctx,
+        index,
+        "echo",
+        None,
+        admitted,
+        on_upgrade,
+        move |io, snapshot, closing| async move {
+            let route = &snapshot.config.routes[index];
+            echo::run(io, &route.ws, snapshot.config.limits.message_rate, closing).await
+        },
     );
-    let span = info_span!("ws", peer = %client, route = %route.path, mode = "echo");
+    response
+}
+
+/// How a session learns it must close with 1001 (shutdown, a draining reload, its age limit).
+pub type Closing = Pin<Box<dyn Future<Output = CloseRequest> + Send>>;
+
+/// Starts the task of an accepted WebSocket session, whatever its mode, so that every mode is
+/// tracked for shutdown, holds its limiter slot, is counted in metrics and gets one access-log
+/// line, in one place. `run` gets the upgraded client connection once hyper hands it over.
+pub fn spawn_session<F, Fut>(
+    ctx: &ConnContext,
+    index: usize,
+    mode: &'static str,
+    upstream: Option<String>,
+    admitted: Admitted,
+    on_upgrade: hyper::upgrade::OnUpgrade,
+    run: F,
+) where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>, Arc<Snapshot>, Closing) -> Fut + Send + 'static,
+    Fut: Future<Output = SessionEnd> + Send,
+{
+    let snapshot = ctx.snapshot.clone();
+    let metrics = ctx.metrics.clone();
+    let path = &snapshot.config.routes[index].path;
+    metrics.upgrade(path, "accepted");
+    metrics.handshake(path, mode, admitted.started.elapsed());
+    let closing: Closing = Box::pin(close_requested(
+        snapshot.route_closing[index].clone(),
+        snapshot.config.close_spread,
+        snapshot.config.max_connection_age,
+    ));
+    let span = info_span!(
+        "ws",
+        peer = %admitted.client,
+        route = %path,
+        mode,
+        upstream = upstream.as_deref().unwrap_or("-")
+    );
+    let permit = admitted.permit;
     ctx.shutdown.tasks().spawn(
         async move {
+            let _permit = permit;
             let upgraded = match on_upgrade.await {
                 Ok(u) => u,
                 Err(e) => {
@@ -172,13 +221,11 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
                     return;
                 }
             };
-            let _permit = permit;
-            let route = &snapshot.config.routes[index];
-            let _open = metrics.session_open(&route.path, "echo");
+            let path = snapshot.config.routes[index].path.clone();
+            let _open = metrics.session_open(&path, mode);
             let started = std::time::Instant::now();
-            let rate = snapshot.config.limits.message_rate;
-            let end = echo::run(TokioIo::new(upgraded), &route.ws, rate, closing).await;
-            metrics.session_ended(&route.path, "echo", &end, started.elapsed());
+            let end = run(TokioIo::new(upgraded), snapshot, closing).await;
+            metrics.session_ended(&path, mode, &end, started.elapsed());
             info!(
                 target: "wsgate::access",
                 duration_ms = started.elapsed().as_millis() as u64,
@@ -194,7 +241,6 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         }
         .instrument(span),
     );
-    response
 }
 
 /// An upgrade that passed every check of the gateway's own: what a mode needs to carry into

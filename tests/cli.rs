@@ -200,3 +200,38 @@ fn sighup_reloads_and_systemd_is_notified() {
     std::thread::spawn(move || for _ in lines {});
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
+
+#[test]
+fn the_shipped_example_configs_are_valid() {
+    // mixed-site.yaml names ../certs/localhost.{crt,key}: give it a copy of the tree with test
+    // certificates in that place.
+    let pki = TestPki::new();
+    let (crt, key) = pki.issue("localhost", &["localhost"]);
+    let tree = TempDir::new("cli-examples");
+    std::fs::create_dir_all(tree.path().join("config")).unwrap();
+    std::fs::create_dir_all(tree.path().join("certs")).unwrap();
+    std::fs::copy(&crt, tree.path().join("certs/localhost.crt")).unwrap();
+    std::fs::copy(&key, tree.path().join("certs/localhost.key")).unwrap();
+    let examples = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/config")).unwrap();
+    let mut checked = 0;
+    for entry in examples {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let copy = tree.path().join("config").join(path.file_name().unwrap());
+            std::fs::copy(&path, &copy).unwrap();
+            let out = wsgate()
+                .args(["check", "--config"])
+                .arg(&copy)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}: {}",
+                path.display(),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 4, "only {checked} example configs found");
+}

@@ -14,10 +14,12 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{info, warn};
 
 use crate::error::{Error, UpstreamError};
-use crate::service::{empty, text, with_close, Admitted, Body, BoxError, ConnContext};
+use crate::service::{
+    empty, spawn_session, text, with_close, Admitted, Body, BoxError, ConnContext,
+};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
@@ -136,65 +138,27 @@ pub async fn handle(
     }
     drop(resp);
 
-    let snapshot = ctx.snapshot.clone();
-    let metrics = ctx.metrics.clone();
-    metrics.upgrade(&route.path, "accepted");
-    metrics.handshake(&route.path, "passthrough", admitted.started.elapsed());
-    let Admitted { permit, client, .. } = admitted;
-    let span = info_span!(
-        "ws",
-        peer = %client,
-        route = %route.path,
-        mode = "passthrough",
-        upstream = %upstream.url
-    );
-    ctx.shutdown.tasks().spawn(
-        async move {
-            let client = match on_client_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    warn!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            let _permit = permit;
-            let route = &snapshot.config.routes[index];
-            let _open = metrics.session_open(&route.path, "passthrough");
-            let started = std::time::Instant::now();
-            let linger = route.ws.close_timeout;
-            let config = &snapshot.config;
-            let end = with_close_token(
-                snapshot.route_closing[index].clone(),
-                config.close_spread,
-                config.max_connection_age,
-                |closing| async move {
-                    tunnel(
-                        TokioIo::new(client),
-                        TokioIo::new(upstream_io),
-                        linger,
-                        &closing,
-                    )
-                    .await
-                },
-            )
+    let url = upstream.url.clone();
+    spawn_session(
+        ctx,
+        index,
+        "passthrough",
+        Some(url),
+        admitted,
+        on_client_upgrade,
+        move |client, snapshot, closing| async move {
+            let linger = snapshot.config.routes[index].ws.close_timeout;
+            let end = with_close_token(closing, |token| async move {
+                tunnel(client, TokioIo::new(upstream_io), linger, &token).await
+            })
             .await;
             drop(lease);
             // Raw bytes: no messages or close codes are seen, only the bytes each way.
-            let mut summary = SessionEnd::new(end.closed_by, None, end.reason.clone());
+            let mut summary = SessionEnd::new(end.closed_by, None, end.reason);
             summary.bytes_in = end.bytes_in;
             summary.bytes_out = end.bytes_out;
-            metrics.session_ended(&route.path, "passthrough", &summary, started.elapsed());
-            info!(
-                target: "wsgate::access",
-                duration_ms = started.elapsed().as_millis() as u64,
-                closed_by = %end.closed_by,
-                reason = %end.reason,
-                bytes_in = end.bytes_in,
-                bytes_out = end.bytes_out,
-                "session ended"
-            );
-        }
-        .instrument(span),
+            summary
+        },
     );
     response
 }

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, info_span, warn, Instrument};
+use tracing::{debug, warn};
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
@@ -35,8 +35,8 @@ use super::keepalive::{KeepAlive, Tick};
 use super::session::{next_frame, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
 use crate::error::{Error, UpstreamError};
-use crate::service::Admitted;
 use crate::service::{empty, text, with_close, Body, ConnContext};
+use crate::service::{spawn_session, Admitted};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
@@ -105,64 +105,24 @@ pub async fn handle(
         .expect("valid 101");
     let on_upgrade = hyper::upgrade::on(&mut req);
     drop(req);
-    let snapshot = ctx.snapshot.clone();
-    let metrics = ctx.metrics.clone();
-    metrics.upgrade(&route.path, "accepted");
-    metrics.handshake(&route.path, "relay", admitted.started.elapsed());
-    let Admitted { permit, client, .. } = admitted;
-    let span = info_span!(
-        "ws",
-        peer = %client,
-        route = %route.path,
-        mode = "relay",
-        upstream = %upstream.url
-    );
-    ctx.shutdown.tasks().spawn(
-        async move {
-            let client = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    warn!(error = %e, "upgrade did not complete");
-                    return;
-                }
-            };
-            let _permit = permit;
-            let route = &snapshot.config.routes[index];
-            let _open = metrics.session_open(&route.path, "relay");
-            let started = std::time::Instant::now();
-            let config = &snapshot.config;
-            let end = with_close_token(
-                snapshot.route_closing[index].clone(),
-                config.close_spread,
-                config.max_connection_age,
-                |closing| async move {
-                    run(
-                        TokioIo::new(client),
-                        TokioIo::new(socket.io),
-                        &route.ws,
-                        &closing,
-                    )
-                    .await
-                },
-            )
+    let url = upstream.url.clone();
+    spawn_session(
+        ctx,
+        index,
+        "relay",
+        Some(url),
+        admitted,
+        on_upgrade,
+        move |client, snapshot, closing| async move {
+            let opts = &snapshot.config.routes[index].ws;
+            let end = with_close_token(closing, |token| async move {
+                run(client, TokioIo::new(socket.io), opts, &token).await
+            })
             .await;
             // The lease counts this session for least_connections until here.
             drop(lease);
-            metrics.session_ended(&route.path, "relay", &end, started.elapsed());
-            info!(
-                target: "wsgate::access",
-                duration_ms = started.elapsed().as_millis() as u64,
-                code = end.code,
-                closed_by = %end.closed_by,
-                reason = %end.reason,
-                messages_in = end.messages_in,
-                messages_out = end.messages_out,
-                bytes_in = end.bytes_in,
-                bytes_out = end.bytes_out,
-                "session ended"
-            );
-        }
-        .instrument(span),
+            end
+        },
     );
     response
 }

@@ -157,12 +157,10 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(r % (max.as_nanos().min(u64::MAX as u128) as u64))
 }
 
-/// Runs `session` with a token of its own that is cancelled when [`close_requested`] fires, for
-/// sessions (relay, passthrough) whose loops watch a token rather than a future.
+/// Runs `session` with a token that is cancelled when `closing` resolves, for sessions (relay,
+/// passthrough) whose loops watch a token rather than a future.
 pub async fn with_close_token<T, Fut>(
-    route_token: tokio_util::sync::CancellationToken,
-    spread: Duration,
-    max_age: Duration,
+    closing: impl std::future::Future<Output = CloseRequest>,
     session: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut,
 ) -> T
 where
@@ -171,7 +169,7 @@ where
     let token = tokio_util::sync::CancellationToken::new();
     let trigger = token.clone();
     let closer = async move {
-        close_requested(route_token, spread, max_age).await;
+        closing.await;
         trigger.cancel();
         std::future::pending::<()>().await;
     };
