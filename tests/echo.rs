@@ -12,7 +12,7 @@ use tungstenite::Message;
 
 fn config(ws_extra: &str) -> String {
     format!(
-        "listen:\n{}health_path: /healthz\nsample_page: /\nwebsockets:\n  max_message_size: 1MiB\n{ws_extra}routes:\n  - path: /ws\n    websocket: echo\n    subprotocols: [chat.v1, chat.v2]\n",
+        "listen:\n{}health_path: /healthz\nsample_page: /\nwebsockets:\n  max_message_size: 1MiB\n  close_timeout: 300ms\n{ws_extra}routes:\n  - path: /ws\n    websocket: echo\n    subprotocols: [chat.v1, chat.v2]\n",
         plain_listener()
     )
 }

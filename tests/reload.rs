@@ -12,7 +12,7 @@ use tungstenite::Message;
 
 fn yaml(extra_routes: &str, top: &str) -> String {
     format!(
-        "listen:\n{}{top}routes:\n  - path: /ws\n    websocket: echo\n{extra_routes}",
+        "listen:\n{}{top}websockets:\n  close_timeout: 300ms\nroutes:\n  - path: /ws\n    websocket: echo\n{extra_routes}",
         plain_listener()
     )
 }

@@ -14,7 +14,7 @@ fn config(pki: &TestPki) -> String {
     let (a_crt, a_key) = pki.issue("alpha", &["alpha.test", "localhost"]);
     let (b_crt, b_key) = pki.issue("beta", &["beta.test", "*.beta.test"]);
     format!(
-        "listen:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n        - {{ cert: {}, key: {} }}\nsample_page: /\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        "listen:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n        - {{ cert: {}, key: {} }}\nsample_page: /\nwebsockets:\n  close_timeout: 300ms\nroutes:\n  - path: /ws\n    websocket: echo\n",
         a_crt.display(),
         a_key.display(),
         b_crt.display(),
