@@ -15,9 +15,11 @@ pub fn notify(state: &str) -> io::Result<()> {
     }
 }
 
-/// `RELOADING=1` must carry the monotonic time so systemd can match it with the READY=1 after.
+/// `RELOADING=1` must carry CLOCK_MONOTONIC in microseconds: systemd 253+ (`Type=notify-reload`)
+/// matches it against its own clock.
 pub fn reloading_message() -> String {
-    let micros = monotonic_micros();
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    let micros = now.tv_sec as u128 * 1_000_000 + now.tv_nsec as u128 / 1_000;
     format!("RELOADING=1\nMONOTONIC_USEC={micros}")
 }
 
@@ -31,15 +33,6 @@ pub fn notify_to(socket: &str, state: &str) -> io::Result<()> {
     let sock = UnixDatagram::unbound()?;
     sock.send_to_addr(state.as_bytes(), &addr)?;
     Ok(())
-}
-
-fn monotonic_micros() -> u128 {
-    // CLOCK_MONOTONIC without libc: /proc/uptime is seconds since boot on the same clock base.
-    std::fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok())
-        .map(|secs| (secs * 1_000_000.0) as u128)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

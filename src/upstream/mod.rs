@@ -62,10 +62,13 @@ pub struct Target {
 
 impl Target {
     fn new(upstream: Upstream) -> Self {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        upstream.url.hash(&mut h);
+        // SHA-1 rather than std's hasher, whose algorithm may change between Rust releases: a
+        // rolling update that mixes two builds must still honour the cookies the other set.
+        use sha1::Digest;
+        let digest = sha1::Sha1::digest(upstream.url.as_bytes());
+        let id = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
         Self {
-            id: format!("{:016x}", h.finish()),
+            id,
             upstream,
             active: AtomicUsize::new(0),
             healthy: AtomicBool::new(true),
