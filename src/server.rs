@@ -352,14 +352,20 @@ impl Running {
         for (configured, bound) in added {
             self.start_listener(configured, bound);
         }
-        self.accepting.retain(|key, (stop, _)| {
-            let keep = keys.contains(key);
-            if !keep {
-                info!(address = %key.address, "listener removed");
+        // A reload is done when removed listeners are really closed, not merely told to stop.
+        let removed: Vec<ListenerKey> = self
+            .accepting
+            .keys()
+            .filter(|k| !keys.contains(k))
+            .copied()
+            .collect();
+        for key in removed {
+            if let Some((stop, task)) = self.accepting.remove(&key) {
                 stop.cancel();
+                let _ = task.await;
+                info!(address = %key.address, "listener removed");
             }
-            keep
-        });
+        }
 
         self.health.cancel();
         self.health = self.shutdown.accepting_stopped().child_token();

@@ -48,7 +48,21 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     ctx.started.store(true, Ordering::Relaxed);
-    Ok(route(&ctx, req).await)
+    let started = std::time::Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let resp = route(&ctx, req).await;
+    // The access log: one line per request (an upgrade's session gets its own line when it ends).
+    info!(
+        target: "wsgate::access",
+        peer = %ctx.peer,
+        method = %method,
+        path = %path,
+        status = resp.status().as_u16(),
+        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(resp)
 }
 
 async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<Body> {

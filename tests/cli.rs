@@ -7,6 +7,30 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
+/// A gateway process that is killed if the test fails before it exits, so a failing test never
+/// leaves a process holding the test runner's output open.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for Child {
+    type Target = std::process::Child;
+    fn deref(&self) -> &std::process::Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Child {
+    fn deref_mut(&mut self) -> &mut std::process::Child {
+        &mut self.0
+    }
+}
+
 fn wsgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wsgate"));
     c.env_remove("WSGATE_CONFIG").env_remove("RUST_LOG");
@@ -94,13 +118,15 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
         "listen:\n  - address: 127.0.0.1:0\nshutdown_grace: 5s\nroutes:\n  - path: /ws\n    websocket: echo\n",
     )
     .unwrap();
-    let mut child = wsgate()
-        .arg("--config")
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Child(
+        wsgate()
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     // The gateway logs the address it bound; read it rather than guess a port.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
@@ -147,14 +173,16 @@ fn sighup_reloads_and_systemd_is_notified() {
             .expect("a notification within the wait");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let mut child = wsgate()
-        .arg("--config")
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .env("NOTIFY_SOCKET", &notify_path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Child(
+        wsgate()
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .env("NOTIFY_SOCKET", &notify_path)
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     assert_eq!(recv(), "READY=1");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut wait_for = |needle: &str| loop {
@@ -234,4 +262,134 @@ fn the_shipped_example_configs_are_valid() {
         }
     }
     assert!(checked >= 4, "only {checked} example configs found");
+}
+
+#[test]
+fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
+    use std::sync::mpsc;
+    let dir = TempDir::new("cli-access");
+    let file = dir.path().join("access.yaml");
+    let one = "listen:\n  - address: 127.0.0.1:0\nlog_format: json\nroutes:\n  - path: /ws\n    websocket: echo\n";
+    std::fs::write(&file, one).unwrap();
+    let mut child = Child(
+        wsgate()
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    // Every stderr line goes through a channel so the test can wait for a given one.
+    let (tx, rx) = mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let seen = std::cell::RefCell::new(Vec::new());
+    let wait_for = |pred: &dyn Fn(&str) -> bool| loop {
+        let Ok(line) = rx.recv_timeout(WAIT) else {
+            panic!(
+                "expected log line not within the wait; saw:\n{}",
+                seen.borrow().join("\n")
+            );
+        };
+        seen.borrow_mut().push(line.clone());
+        if pred(&line) {
+            return line;
+        }
+    };
+    let listening = |line: &str| {
+        line.contains("\"message\":\"listening\"")
+            .then(|| {
+                line.split("\"address\":\"")
+                    .nth(1)?
+                    .split('"')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .flatten()
+    };
+    let first = listening(&wait_for(&|l| listening(l).is_some())).unwrap();
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::SinkExt;
+        let mut ws = connect(&format!("ws://{first}/ws")).await;
+        for m in ["one", "two"] {
+            ws.send(tungstenite::Message::text(m)).await.unwrap();
+            next_msg(&mut ws).await.unwrap().unwrap();
+        }
+        ws.send(tungstenite::Message::Close(Some(
+            tungstenite::protocol::CloseFrame {
+                code: 4002.into(),
+                reason: "bye".into(),
+            },
+        )))
+        .await
+        .unwrap();
+        assert_eq!(expect_close(&mut ws).await, 4002);
+    });
+    // One access line for the session, with what went through it and who closed it.
+    let session = wait_for(&|l| l.contains("\"message\":\"session ended\""));
+    for field in [
+        "\"target\":\"wsgate::access\"",
+        "\"code\":4002",
+        "\"closed_by\":\"client\"",
+        "\"messages_in\":2",
+        "\"messages_out\":2",
+        "\"bytes_in\":6",
+        "\"mode\":\"echo\"",
+        "\"route\":\"/ws\"",
+    ] {
+        assert!(session.contains(field), "{field} missing in {session}");
+    }
+
+    // A reload adds a second listener; it serves at once. Another reload removes it.
+    std::fs::write(
+        &file,
+        format!("{one}").replace("listen:\n", "listen:\n  - address: 127.0.0.2:0\n"),
+    )
+    .unwrap();
+    let hup = |child: &Child| {
+        let status = Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup(&child);
+    let second = listening(&wait_for(&|l| {
+        listening(l).is_some_and(|a| a.starts_with("127.0.0.2:"))
+    }))
+    .unwrap();
+    let (health, request_line) = rt.block_on(async {
+        let (mut s, head) = raw_request(
+            second.parse().unwrap(),
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        read_to_eof(&mut s).await;
+        (status_of(&head), ())
+    });
+    assert_eq!(health, 200);
+    let _ = request_line;
+    let request = wait_for(&|l| l.contains("\"message\":\"request\"") && l.contains("/healthz"));
+    assert!(request.contains("\"status\":200"), "{request}");
+    std::fs::write(&file, one).unwrap();
+    hup(&child);
+    wait_for(&|l| l.contains("listener removed"));
+    let refused = std::net::TcpStream::connect(&second);
+    assert!(refused.is_err(), "the removed listener still accepts");
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(child.wait().unwrap().code(), Some(0));
 }

@@ -582,3 +582,19 @@ async fn relays_to_a_tls_app() {
     drop(ws);
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn a_burst_of_pings_gets_every_pong_in_order() {
+    let app = spawn_ws_app(None).await;
+    let gw = relay_to(&app.url()).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    let mut burst = Vec::new();
+    for i in 0..10u8 {
+        burst.extend(frame(true, 9, MASK, &[b'p', i]));
+    }
+    s.write_all(&burst).await.unwrap();
+    for i in 0..10u8 {
+        assert_eq!(read_frame(&mut s).await, (true, 0xA, vec![b'p', i]));
+    }
+    gw.stop().await;
+}

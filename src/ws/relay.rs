@@ -5,8 +5,8 @@
 //! leg and the writer of the other, so neither direction ever waits on the other: an echo app
 //! blocked writing to us while we are blocked writing to it cannot deadlock the pair. What a
 //! pump must send on the leg it reads (a Pong, a keep-alive Ping, the Close a violation earns)
-//! goes to the pump that owns that writer through a small bounded channel; `try_send` is used so
-//! a pump never blocks on the other, and no frame waits on a lock of ours. Backpressure is plain:
+//! goes to the pump that owns that writer through a small bounded queue that drops its oldest
+//! entry when full, so a pump never blocks on the other. Backpressure is plain:
 //! a pump awaits each write before reading the next frame, so a slow reader on one side slows
 //! reads on the other and nothing queues without bound.
 //!
@@ -42,9 +42,51 @@ use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
 use crate::ws::session::with_close_token;
 
-/// Control frames waiting for the other pump. Pongs beyond this are dropped, which RFC 6455
-/// allows (only the most recent Ping needs an answer).
-const CONTROL_QUEUE: usize = 4;
+/// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
+/// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
+/// Pings must not make the queue (or a pump waiting on it) grow without bound.
+const CONTROL_QUEUE: usize = 32;
+
+/// A bounded queue that never blocks the sender: a full queue drops its oldest entry. One pump
+/// pushes, the pump owning the writer pops; cancel-safe to `pop` inside `select!`.
+struct ControlQueue {
+    frames: std::sync::Mutex<std::collections::VecDeque<Control>>,
+    ready: tokio::sync::Notify,
+}
+
+impl ControlQueue {
+    fn new() -> Self {
+        Self {
+            frames: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            ready: tokio::sync::Notify::new(),
+        }
+    }
+
+    fn push(&self, frame: Control) {
+        let mut q = self.frames.lock().unwrap_or_else(|p| p.into_inner());
+        if q.len() >= CONTROL_QUEUE {
+            q.pop_front();
+        }
+        q.push_back(frame);
+        drop(q);
+        // A stored permit covers a push made while the other pump is not waiting yet.
+        self.ready.notify_one();
+    }
+
+    async fn pop(&self) -> Control {
+        loop {
+            if let Some(frame) = self
+                .frames
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front()
+            {
+                return frame;
+            }
+            self.ready.notified().await;
+        }
+    }
+}
 
 /// Opens the upstream WebSocket first; answers 101 only once it is open, else 502/503/504.
 pub async fn handle(
@@ -165,8 +207,8 @@ where
     let mut raw_c = CappedRead::new(r_c, opts.receive_buffer_size);
     let mut raw_u = CappedRead::new(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
-    let (ctl_c_tx, mut ctl_c_rx) = mpsc::channel(CONTROL_QUEUE);
-    let (ctl_u_tx, mut ctl_u_rx) = mpsc::channel(CONTROL_QUEUE);
+    let ctl_c = ControlQueue::new();
+    let ctl_u = ControlQueue::new();
     let (fin_c_tx, mut fin_c_rx) = mpsc::channel(1);
     let (fin_u_tx, mut fin_u_rx) = mpsc::channel(1);
     let ending = OnceLock::new();
@@ -178,13 +220,13 @@ where
         let to_upstream = Pump {
             reader: &mut raw_c,
             writer: &mut w_u,
-            ctl_in: &mut ctl_u_rx,
+            ctl_in: &ctl_u,
             fin_in: &mut fin_u_rx,
             traffic: &mut inbound,
             ctx: PumpCtx {
                 from: Party::Client,
                 opts,
-                ctl_back: &ctl_c_tx,
+                ctl_back: &ctl_c,
                 fin_back: &fin_c_tx,
                 ending: &ending,
                 closing,
@@ -194,13 +236,13 @@ where
         let to_client = Pump {
             reader: &mut raw_u,
             writer: &mut w_c,
-            ctl_in: &mut ctl_c_rx,
+            ctl_in: &ctl_c,
             fin_in: &mut fin_c_rx,
             traffic: &mut outbound,
             ctx: PumpCtx {
                 from: Party::Upstream,
                 opts,
-                ctl_back: &ctl_u_tx,
+                ctl_back: &ctl_u,
                 fin_back: &fin_u_tx,
                 ending: &ending,
                 closing,
@@ -349,7 +391,7 @@ struct Pump<'a, R, W> {
     reader: &'a mut R,
     writer: &'a mut W,
     /// Control frames and the final instruction for `writer`, from the other pump.
-    ctl_in: &'a mut mpsc::Receiver<Control>,
+    ctl_in: &'a ControlQueue,
     fin_in: &'a mut mpsc::Receiver<Fin>,
     traffic: &'a mut Traffic,
     ctx: PumpCtx<'a>,
@@ -361,7 +403,7 @@ struct PumpCtx<'a> {
     opts: &'a WsOptions,
     /// Control frames and the final instruction for the writer of `from`'s leg, which the other
     /// pump owns.
-    ctl_back: &'a mpsc::Sender<Control>,
+    ctl_back: &'a ControlQueue,
     fin_back: &'a mpsc::Sender<Fin>,
     ending: &'a OnceLock<Ending>,
     closing: &'a CancellationToken,
@@ -411,7 +453,7 @@ where
                         Fin::Close(code, reason) => break Last::close(code, reason),
                         Fin::Abandon => break Last::Nothing,
                     },
-                    Some(ctl) = ctl_in.recv() => {
+                    ctl = ctl_in.pop() => {
                         let frame = match ctl {
                             Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
                             Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
@@ -448,7 +490,7 @@ where
                                 }
                             }
                             FrameKind::Ping => {
-                                let _ = ctx.ctl_back.try_send(Control::Pong(frame.payload));
+                                ctx.ctl_back.push(Control::Pong(frame.payload));
                             }
                             FrameKind::Pong => {}
                             FrameKind::Close { code } => {
@@ -464,7 +506,7 @@ where
                     }
                     tick = keepalive.tick() => match tick {
                         Tick::SendPing => {
-                            let _ = ctx.ctl_back.try_send(Control::Ping);
+                            ctx.ctl_back.push(Control::Ping);
                         }
                         Tick::TimedOut => {
                             ctx.record(Some(close::GOING_AWAY), ClosedBy::Gateway, "keep-alive timeout");
