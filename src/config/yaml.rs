@@ -31,7 +31,12 @@ const GIB: usize = 1024 * MIB;
 /// Displayed as one line, `file:line:column: key: message`, the format compilers use, so
 /// terminals and editors make it clickable and log lines stay greppable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}:{column}: {key}: {message}")]
+#[error(
+    "{}:{line}:{column}: {}: {}",
+    one_line(file),
+    one_line(key),
+    one_line(message)
+)]
 pub struct ConfigError {
     pub file: String,
     /// 1-based.
@@ -42,6 +47,27 @@ pub struct ConfigError {
     /// `(file)` when no key applies.
     pub key: String,
     pub message: String,
+}
+
+/// Keys and values quoted in a message come from the file and may hold any character a YAML
+/// escape can make (`"\P"` is U+2029): escape line breaks and controls so the message stays one
+/// line, as log collectors and `file:line:` parsers expect.
+fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+    let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+    if !s.contains(breaks) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    std::borrow::Cow::Owned(
+        s.chars()
+            .map(|c| {
+                if breaks(c) {
+                    c.escape_unicode().to_string()
+                } else {
+                    c.to_string()
+                }
+            })
+            .collect(),
+    )
 }
 
 /// Reads and loads a config file; relative `cert`, `key` and `ca` paths are taken relative to
@@ -1480,6 +1506,14 @@ routes:
                 close_timeout: Duration::from_millis(500),
             }
         );
+    }
+
+    #[test]
+    fn keys_with_line_separators_are_escaped_in_the_message() {
+        let e = err("\"\\P\": 1\n");
+        let shown = e.to_string();
+        assert!(!shown.contains(['\n', '\u{2029}']), "{shown:?}");
+        assert!(shown.contains("\\u{2029}"), "{shown:?}");
     }
 
     #[test]
