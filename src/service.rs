@@ -329,6 +329,29 @@ pub fn refuse(ctx: &ConnContext, e: &ClientError) -> Response<Body> {
     with_close(resp)
 }
 
+/// The answer when a relay or passthrough upgrade could not reach its upstream (none healthy,
+/// connect failure, refused or invalid upgrade, timeout). The client connection is closed after
+/// it, as for any refused upgrade, so nothing pipelined behind the upgrade is read.
+pub fn upstream_failed(
+    ctx: &ConnContext,
+    route: &str,
+    mode: &'static str,
+    upstream: &str,
+    kind: crate::error::UpstreamError,
+) -> Response<Body> {
+    let status = kind.status();
+    let e = crate::error::Error::Upstream {
+        upstream: upstream.to_owned(),
+        kind,
+    };
+    ctx.metrics.upgrade(route, "upstream");
+    warn!(peer = %ctx.peer, route, mode, error = %e, "upgrade not completed: upstream failed");
+    with_close(text(
+        status,
+        status.canonical_reason().unwrap_or("bad gateway"),
+    ))
+}
+
 pub fn with_close(mut resp: Response<Body>) -> Response<Body> {
     resp.headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("close"));

@@ -14,11 +14,11 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::info;
 
-use crate::error::{Error, UpstreamError};
+use crate::error::UpstreamError;
 use crate::service::{
-    empty, spawn_session, text, with_close, Admitted, Body, BoxError, ConnContext,
+    empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
 };
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
@@ -72,7 +72,7 @@ pub async fn handle(
         .pick(admitted.client, sticky_cookie(req.headers()))
     {
         Ok(lease) => lease,
-        Err(e) => return upstream_failed(ctx, &route.path, "-", e),
+        Err(e) => return upstream_failed(ctx, &route.path, "passthrough", "-", e),
     };
     let upstream = lease.upstream();
     // service.rs validated the handshake, so there is exactly one key.
@@ -121,7 +121,7 @@ pub async fn handle(
             if !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
-            return upstream_failed(ctx, &route.path, &upstream.url, e);
+            return upstream_failed(ctx, &route.path, "passthrough", &upstream.url, e);
         }
     };
 
@@ -210,25 +210,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in HOP_BY_HOP.iter().chain(&named) {
         headers.remove(name);
     }
-}
-
-fn upstream_failed(
-    ctx: &ConnContext,
-    route: &str,
-    upstream: &str,
-    kind: UpstreamError,
-) -> Response<Body> {
-    let status = kind.status();
-    let e = Error::Upstream {
-        upstream: upstream.to_owned(),
-        kind,
-    };
-    ctx.metrics.upgrade(route, "upstream");
-    warn!(peer = %ctx.peer, route, mode = "passthrough", error = %e, "upgrade not forwarded");
-    with_close(text(
-        status,
-        status.canonical_reason().unwrap_or("bad gateway"),
-    ))
 }
 
 /// How a tunnel ended, for the summary.

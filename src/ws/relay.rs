@@ -25,7 +25,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
@@ -34,9 +34,9 @@ use super::io::CappedRead;
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{next_frame, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
-use crate::error::{Error, UpstreamError};
+use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
-use crate::service::{spawn_session, Admitted};
+use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
@@ -109,7 +109,7 @@ pub async fn handle(
         .pick(admitted.client, sticky_cookie(req.headers()))
     {
         Ok(lease) => lease,
-        Err(e) => return upstream_failed(ctx, &route.path, "-", e),
+        Err(e) => return upstream_failed(ctx, &route.path, "relay", "-", e),
     };
     let upstream = lease.upstream();
     let deadline = tokio::time::Instant::now() + route.upstream_timeout;
@@ -138,7 +138,7 @@ pub async fn handle(
             if !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
-            return upstream_failed(ctx, &route.path, &upstream.url, e);
+            return upstream_failed(ctx, &route.path, "relay", &upstream.url, e);
         }
     };
 
@@ -167,27 +167,6 @@ pub async fn handle(
         },
     );
     response
-}
-
-/// The answer when no upstream WebSocket could be opened. The client connection is closed after
-/// it, as for any refused upgrade, so nothing pipelined behind the upgrade is read.
-fn upstream_failed(
-    ctx: &ConnContext,
-    route: &str,
-    upstream: &str,
-    kind: UpstreamError,
-) -> Response<Body> {
-    let status = kind.status();
-    let e = Error::Upstream {
-        upstream: upstream.to_owned(),
-        kind,
-    };
-    ctx.metrics.upgrade(route, "upstream");
-    warn!(peer = %ctx.peer, route, mode = "relay", error = %e, "upstream WebSocket not opened");
-    with_close(text(
-        status,
-        status.canonical_reason().unwrap_or("bad gateway"),
-    ))
 }
 
 /// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
