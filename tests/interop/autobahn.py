@@ -32,9 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import dataclasses
 import json
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from kosoku import FailureError, run_fuzzingclient
@@ -52,6 +54,11 @@ MODE_TIMEOUT = 420  # seconds for one run of a mode; kosoku's own per-case limit
 CONCURRENCY = 2
 RERUNS = 4
 RACY_MODES = {"relay", "passthrough"}  # an upstream answers: echoes race the failed connection
+
+# Runs the given case ids (all of cases 1-10 for None) and returns kosoku's CaseResults. This
+# module drives servers with kosoku's fuzzingclient; autobahn_client.py plugs in a fuzzingserver
+# run instead and shares the rest (verdicts, golden file, re-runs).
+Runner = Callable[[list[str] | None], Awaitable[list]]
 
 
 def echo_race(expected: dict) -> bool:
@@ -91,6 +98,10 @@ async def run_cases(url: str, cases: list[str] | None = None) -> list:
         return failure.results
 
 
+def fuzzingclient(url: str) -> Runner:
+    return lambda cases: run_cases(url, cases)
+
+
 def not_passed(results: list) -> list[str]:
     failed = []
     for r in sorted(results, key=lambda r: case_key(r.case_id)):
@@ -108,9 +119,11 @@ def not_passed(results: list) -> list[str]:
     return failed
 
 
-async def run_mode(mode: str, url: str, out: Path, runs: int) -> dict:
-    status = await probe(url)
-    if status == 501:
+async def run_mode(
+    mode: str, url: str, out: Path, runs: int, runner: Runner, racy_mode: bool, probe_it: bool
+) -> dict:
+    """`url` names what is tested (and is probed for a 501 first when `probe_it`)."""
+    if probe_it and await probe(url) == 501:
         return {"mode": mode, "skipped": f"{url} answers 501: not implemented yet"}
     started = time.monotonic()
     seen: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
@@ -118,14 +131,14 @@ async def run_mode(mode: str, url: str, out: Path, runs: int) -> dict:
     racy: set[str] = set()
     failed: list[str] = []
     for i in range(runs):
-        results = await run_cases(url)
+        results = await runner(None)
         if i == 0:
             if write_reports is not None and results:
                 write_reports(results, str(out / mode))
             first = {r.case_id: r.behavior.value for r in results}
         for r in results:
             seen[r.case_id][r.behavior.value] += 1
-            if mode in RACY_MODES and echo_race(r.expected or {}):
+            if racy_mode and echo_race(r.expected or {}):
                 racy.add(r.case_id)
         failed += [f"(run {i + 1}) {line}" if runs > 1 else line for line in not_passed(results)]
     cases = dict(sorted(first.items(), key=lambda kv: case_key(kv[0])))
@@ -141,7 +154,7 @@ async def run_mode(mode: str, url: str, out: Path, runs: int) -> dict:
 
 
 async def compare(
-    mode: str, url: str, got: dict[str, str], want: dict | None, racy: set[str]
+    mode: str, runner: Runner, got: dict[str, str], want: dict | None, racy: set[str], golden: Path
 ) -> tuple[list[str], list[str]]:
     """(changes that stayed, changes that went back to a recorded behavior when run again)."""
 
@@ -155,7 +168,7 @@ async def compare(
         return [
             f"no golden entry for mode {mode!r}: record it with"
             " `tests/interop/run.sh --update-golden` (after checking the run) and commit"
-            " tests/interop/autobahn-golden.json"
+            f" tests/interop/{golden.name}"
         ], []
     changed = [c for c in sorted(set(got) | set(want), key=case_key) if got.get(c) not in allowed(c)]
     history = {c: [got.get(c, "(absent)")] for c in changed}
@@ -163,7 +176,7 @@ async def compare(
     for _ in range(RERUNS):
         if not pending:
             break
-        rerun = {r.case_id: r.behavior.value for r in await run_cases(url, pending)}
+        rerun = {r.case_id: r.behavior.value for r in await runner(pending)}
         for c in pending:
             history[c].append(rerun.get(c, "(absent)"))
         pending = [c for c in pending if rerun.get(c) not in allowed(c)]
@@ -178,35 +191,54 @@ def golden_entry(counts: dict[str, int]) -> str | list[str]:
     return next(iter(counts)) if len(counts) == 1 else sorted(counts)
 
 
-async def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@dataclasses.dataclass
+class Mode:
+    name: str
+    url: str  # what is tested, as printed
+    runner: Runner
+    racy: bool  # OK and NON-STRICT are one behavior in the echo-race cases
+    probe: bool = False  # skip the mode when `url` answers 501
+    # Problems the runner saw besides Autobahn's verdicts (read after the runs and re-runs).
+    issues: Callable[[], list[str]] = lambda: []
+
+
+ABOUT = (
+    "Autobahn|Testsuite behaviors of wsgate per mode (cases 1-10, run by kosoku);"
+    " a list holds the behaviors a timing-dependent case showed over the recording"
+    " runs. tests/interop/run.sh fails on any other behavior. Regenerate with"
+    " tests/interop/run.sh --update-golden."
+)
+
+
+def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--golden", required=True, type=Path)
     parser.add_argument("--update-golden", action="store_true")
     parser.add_argument("--golden-runs", type=int, default=3)
-    parser.add_argument("modes", nargs="+", metavar="MODE=URL")
-    args = parser.parse_args()
 
+
+async def check(modes: list[Mode], args: argparse.Namespace, label: str, about: str) -> int:
+    """Runs each mode, judges it (verdicts, golden file, re-runs) or records it; 0 when all pass."""
     golden = json.loads(args.golden.read_text()) if args.golden.exists() else {}
     runs_per_mode = max(1, args.golden_runs) if args.update_golden else 1
     ok = True
     summary = []
     runs = []
     updated: list[str] = []
-    for spec in args.modes:
-        mode, url = spec.split("=", 1)
+    for m in modes:
+        mode, url = m.name, m.url
         times = f", {runs_per_mode} runs to record" if runs_per_mode > 1 else ""
-        print(f"-- autobahn {mode}: {url} (cases 1-10, {CONCURRENCY} at a time{times})", flush=True)
-        run = await run_mode(mode, url, args.out, runs_per_mode)
+        print(f"-- {label} {mode}: {url} (cases 1-10, {CONCURRENCY} at a time{times})", flush=True)
+        run = await run_mode(mode, url, args.out, runs_per_mode, m.runner, m.racy, m.probe)
         runs.append(run)
         if "skipped" in run:
             if mode in golden:
                 ok = False
                 print(f"   FAIL: {run['skipped']}, but the golden file has {len(golden[mode])} cases for it")
-                summary.append(f"autobahn {mode}: FAIL (now 501, golden expects it to work)")
+                summary.append(f"{label} {mode}: FAIL (now 501, golden expects it to work)")
             else:
                 print(f"   skipped: {run['skipped']}")
-                summary.append(f"autobahn {mode}: skipped (501 not implemented)")
+                summary.append(f"{label} {mode}: skipped (501 not implemented)")
             continue
         counts = collections.Counter(run["cases"].values())
         shown = ", ".join(f"{n} {b}" for b, n in sorted(counts.items(), key=lambda x: -x[1]))
@@ -224,20 +256,20 @@ async def main() -> int:
             print(f"   {len(varied)} cases varied between runs: "
                   + "; ".join(f"{c} {v}" for c, v in varied.items()))
         if args.update_golden:
-            if not problems:
+            if not problems and not m.issues():
                 golden[mode] = {c: golden_entry(v) for c, v in run["seen"].items()}
                 updated.append(mode)
                 print("   recorded in the golden file")
             else:
                 print("   NOT recorded in the golden file (it must pass first)")
-        else:
+        elif run["cases"]:  # with none, "no case ran" says it all
             racy = set(run["racy"])
             if racy:
                 differ = [c for c in run["racy"] if golden.get(mode, {}).get(c) is not None
                           and run["cases"].get(c) not in accepted(golden[mode][c])]
                 print(f"   {len(racy)} echo-race cases (OK = NON-STRICT here): {', '.join(run['racy'])}"
                       + (f"; {len(differ)} differ from the golden file by that alone: {', '.join(differ)}" if differ else ""))
-            stayed, flapped = await compare(mode, url, run["cases"], golden.get(mode), racy)
+            stayed, flapped = await compare(mode, m.runner, run["cases"], golden.get(mode), racy, args.golden)
             if flapped:
                 print(f"   {len(flapped)} cases changed, then came back to their recorded behavior"
                       " when run again (timing-dependent; not a failure):")
@@ -248,19 +280,19 @@ async def main() -> int:
                 print(f"   {len(stayed)} changes against {args.golden.name}:")
                 for line in stayed:
                     print(f"    {line}")
+        issues = m.issues()
+        if issues:
+            problems.append(f"{len(issues)} other problems")
+            print(f"   {len(issues)} other problems:")
+            for line in issues:
+                print(f"    {line}")
         if problems:
             ok = False
         verdict = "ok" if not problems else "FAIL (" + "; ".join(problems) + ")"
-        summary.append(f"autobahn {mode}: {verdict}: {len(run['cases'])} cases, {shown}")
+        summary.append(f"{label} {mode}: {verdict}: {len(run['cases'])} cases, {shown}")
 
     if args.update_golden:
         if updated:
-            about = (
-                "Autobahn|Testsuite behaviors of wsgate per mode (cases 1-10, run by kosoku);"
-                " a list holds the behaviors a timing-dependent case showed over the recording"
-                " runs. tests/interop/run.sh fails on any other behavior. Regenerate with"
-                " tests/interop/run.sh --update-golden."
-            )
             doc = {"_about": about}
             doc.update({m: golden[m] for m in sorted(k for k in golden if not k.startswith("_"))})
             text = json.dumps(doc, indent=1)
@@ -276,6 +308,18 @@ async def main() -> int:
     for line in summary:
         print(line)
     return 0 if ok else 1
+
+
+async def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_args(parser)
+    parser.add_argument("modes", nargs="+", metavar="MODE=URL")
+    args = parser.parse_args()
+    modes = []
+    for spec in args.modes:
+        mode, url = spec.split("=", 1)
+        modes.append(Mode(mode, url, fuzzingclient(url), racy=mode in RACY_MODES, probe=True))
+    return await check(modes, args, "autobahn", ABOUT)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 #
 #   tests/interop/run.sh                     everything
 #   tests/interop/run.sh --only autobahn     some suites (comma-separated): autobahn python node browser tls
+#                                            socketio node-server
+#                                            autobahn-client
 #   tests/interop/run.sh --update-golden     record the Autobahn behaviors in autobahn-golden.json
+#                                            (and autobahn-client-golden.json)
 #   tests/interop/run.sh --autobahn-modes echo,passthrough   Autobahn in some modes only
 #   tests/interop/run.sh --update-golden --golden-runs 5    record over 5 runs per mode (default 3)
 #   tests/interop/run.sh --keep              keep the temp dir (config, certs) for a look afterwards
@@ -19,7 +22,7 @@ set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 OUT="$ROOT/target/interop"
-ALL_SUITES="autobahn python node browser tls"
+ALL_SUITES="autobahn autobahn-client python node browser tls socketio node-server"
 SUITES="$ALL_SUITES"
 UPDATE_GOLDEN=0
 KEEP=0
@@ -27,7 +30,7 @@ AB_MODES="echo relay passthrough"
 GOLDEN_RUNS=3
 SMALL_MAX=65536 # max_message_size of the /small route, for the 1009 checks
 
-usage() { sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,/^[^#]/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; } # the comment block on top
 while [ $# -gt 0 ]; do
   case "$1" in
     --only) SUITES="${2//,/ }"; shift 2 ;;
@@ -110,7 +113,7 @@ if [ ! -x "$PY" ] || [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" != "$RE
 fi
 
 # Node: npm ci from the committed lock file, redone when it changes.
-if want node || want browser; then
+if want node || want browser || want socketio || want node-server; then
   LOCK_SUM="$(sha256sum "$HERE/package-lock.json" | cut -d' ' -f1)"
   if [ "$(cat "$HERE/node_modules/.package-lock.sha256" 2>/dev/null)" != "$LOCK_SUM" ]; then
     echo "npm ci"
@@ -241,6 +244,14 @@ if want autobahn; then
     "$PY" "$HERE/autobahn.py" "${AB_ARGS[@]}"
 fi
 
+# The relay's client side: kosoku's fuzzingserver as the upstream of a wsgate of its own.
+if want autobahn-client; then
+  ABC_ARGS=(--wsgate "$WSGATE" --out "$OUT/autobahn-client" --golden "$HERE/autobahn-client-golden.json")
+  [ "$UPDATE_GOLDEN" = 1 ] && ABC_ARGS+=(--update-golden --golden-runs "$GOLDEN_RUNS")
+  run_suite autobahn-client "Autobahn|Testsuite 1-10 fuzzingserver (kosoku) as the relay's upstream" \
+    "$PY" "$HERE/autobahn_client.py" "${ABC_ARGS[@]}"
+fi
+
 if want python; then
   run_suite python "Python websockets client" \
     "$PY" "$HERE/py_client.py" --ws "$WS_URL" --wss "$WSS_URL" --ca "$WORK/ca.crt" --small-max "$SMALL_MAX"
@@ -272,6 +283,18 @@ if want tls; then
     "$PY" "$HERE/tls_scan.py" --port "$TLS_PORT" --ca "$WORK/ca.crt" --out "$OUT/tls-scan.json"
 fi
 
+# socketio and node-server run wsgate processes of their own (the socketio suite restarts its
+# wsgate; node-server kills upstreams) next to the shared one, which they leave alone.
+if want socketio; then
+  run_suite socketio "socket.io 4 (two instances, balance: cookie) behind passthrough, socket.io-client 4" \
+    node "$HERE/socketio.mjs" --wsgate "$WSGATE" --out "$OUT"
+fi
+
+if want node-server; then
+  run_suite node-server "Node ws server as the upstream of relay and passthrough, Node ws client" \
+    node "$HERE/node_server.mjs" --wsgate "$WSGATE" --out "$OUT"
+fi
+
 # ---------------------------------------------------------------- wsgate itself
 step "wsgate: still running, then SIGTERM"
 t=$SECONDS
@@ -301,6 +324,7 @@ fi
 step "summary"
 for r in "${RESULTS[@]}"; do echo "$r"; done
 if want autobahn && [ -f "$OUT/autobahn.log" ]; then grep '^autobahn ' "$OUT/autobahn.log" || true; fi
-echo "artifacts: target/interop/ (page-*.png, autobahn/<mode>/index.json, *.log); total $((SECONDS - T0))s"
+if want autobahn-client && [ -f "$OUT/autobahn-client.log" ]; then grep '^autobahn-client ' "$OUT/autobahn-client.log" || true; fi
+echo "artifacts: target/interop/ (page-*.png, autobahn/<mode>/index.json, autobahn-client/relay/index.json, *.log); total $((SECONDS - T0))s"
 echo "interop: $PASSED passed, $FAILED failed"
 [ "$FAILED" = 0 ]
