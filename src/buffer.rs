@@ -54,7 +54,9 @@ impl Drop for Lent {
 impl Deref for Lent {
     type Target = [u8];
     fn deref(&self) -> &[u8] {
-        self.0.as_deref().expect("a Lent holds its buffer until dropped")
+        self.0
+            .as_deref()
+            .expect("a Lent holds its buffer until dropped")
     }
 }
 
@@ -132,16 +134,23 @@ mod tests {
     async fn a_read_that_would_block_holds_no_buffer() {
         let (mut a, mut b) = tokio::io::duplex(64);
         POOL.with(|p| p.borrow_mut().clear());
-        let polled = std::future::poll_fn(|cx| Poll::Ready(poll_read_lent(&mut a, cx, BUFFER_SIZE))).await;
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(poll_read_lent(&mut a, cx, BUFFER_SIZE))).await;
         assert!(polled.is_pending());
         assert_eq!(POOL.with(|p| p.borrow().len()), 1, "the buffer went back");
-        tokio::io::AsyncWriteExt::write_all(&mut b, b"hello").await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"hello")
+            .await
+            .unwrap();
         let filled = std::future::poll_fn(|cx| poll_read_lent(&mut a, cx, BUFFER_SIZE))
             .await
             .unwrap()
             .unwrap();
         assert_eq!(filled.bytes(), b"hello");
-        assert_eq!(POOL.with(|p| p.borrow().len()), 0, "lent while data is held");
+        assert_eq!(
+            POOL.with(|p| p.borrow().len()),
+            0,
+            "lent while data is held"
+        );
         drop(b);
         drop(filled);
         let eof = std::future::poll_fn(|cx| poll_read_lent(&mut a, cx, BUFFER_SIZE))

@@ -10,7 +10,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
-use super::io::{wire_len, LegRead};
+use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{close_and_linger, next_frame, CloseRequest, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
@@ -36,11 +36,13 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut closing = pin!(closing);
-    let (r, mut w) = tokio::io::split(io);
+    let (r, w) = tokio::io::split(io);
+    let mut w = LegWrite::new(w);
     let mut raw = LegRead::new(r, opts.receive_buffer_size);
     let meter = raw.meter();
     let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
-    let (_, mut wr) = fastwebsockets::after_handshake_split(tokio::io::empty(), &mut w, Role::Server);
+    let (_, mut wr) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), &mut w, Role::Server);
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
     let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
     let mut rate = (message_rate > 0).then(|| TokenBucket::new(message_rate));
@@ -48,6 +50,9 @@ where
     let mut message = BytesMut::new();
     // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
     let mut consumed = 0u64;
+    // Echoes are written as they come and flushed together once nothing more can be read at
+    // once (the flush arm is polled last): one syscall for a burst, none held back.
+    let mut unflushed = false;
 
     let ending = 'session: loop {
         // Parked (see `io`): no reader and no buffer until the client sends something.
@@ -67,10 +72,17 @@ where
                         break 'session ending;
                     }
                 }
+                flushed = wr.flush(), if unflushed => {
+                    if let Err(e) = flushed {
+                        break 'session Ending::Gone(e.to_string());
+                    }
+                    unflushed = false;
+                }
             }
         }
         // Reading: one reader, until its buffer holds nothing more.
-        let (rd, _) = fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
+        let (rd, _) =
+            fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
         let mut reading = pin!(next_frame(configured(rd, &validator)));
         loop {
             tokio::select! {
@@ -111,9 +123,13 @@ where
                             };
                             stats.messages_out += 1;
                             stats.bytes_out += payload.len() as u64;
-                            send(&mut wr, Frame::new(true, opcode, None, Payload::Bytes(payload))).await
+                            unflushed = true;
+                            wr.write_frame(Frame::new(true, opcode, None, Payload::Bytes(payload))).await
                         }
-                        FrameKind::Ping => send(&mut wr, Frame::pong(Payload::Bytes(frame.payload))).await,
+                        FrameKind::Ping => {
+                            unflushed = true;
+                            wr.write_frame(Frame::pong(Payload::Bytes(frame.payload))).await
+                        }
                         FrameKind::Pong => Ok(()),
                         FrameKind::Close { code } => {
                             let mut reason = frame.payload;
@@ -133,6 +149,12 @@ where
                     if let Some(ending) = on_tick(tick, &mut wr).await {
                         break 'session ending;
                     }
+                }
+                flushed = wr.flush(), if unflushed => {
+                    if let Err(e) = flushed {
+                        break 'session Ending::Gone(e.to_string());
+                    }
+                    unflushed = false;
                 }
             }
         }
@@ -175,7 +197,10 @@ async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut WebSocketWrite<W>) 
     match tick {
         Tick::SendPing => {
             let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
-            send(wr, ping).await.err().map(|e| Ending::Gone(e.to_string()))
+            send(wr, ping)
+                .await
+                .err()
+                .map(|e| Ending::Gone(e.to_string()))
         }
         Tick::TimedOut => Some(Ending::Close(
             close::GOING_AWAY,

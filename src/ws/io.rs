@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::InFrame;
-use crate::buffer::{poll_read_lent, Filled, BUFFER_SIZE};
+use crate::buffer::{poll_read_lent, Filled, Lent, BUFFER_SIZE};
 
 /// Wraps a leg's read half: caps each socket read at `receive_buffer_size` (ASP.NET Core's
 /// ReceiveBufferSize; fastwebsockets reserves room for a whole frame and would otherwise read
@@ -109,6 +109,112 @@ impl<R: AsyncRead + Unpin> AsyncRead for LegRead<R> {
     }
 }
 
+/// Wraps a leg's write half so that frames written back to back go out in one syscall: small
+/// writes are gathered in a buffer lent only until the next flush (a session flushes when it
+/// has nothing more to read at once), and writes too big to gather go straight through.
+/// `poll_flush` and `poll_shutdown` write out what was gathered first.
+pub struct LegWrite<W> {
+    inner: W,
+    /// Gathered and not yet written: `buf[start..end]`.
+    gathered: Option<Filled>,
+}
+
+impl<W> LegWrite<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            gathered: None,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> LegWrite<W> {
+    /// Writes out what was gathered; the buffer goes back once it is all out.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(g) = &mut self.gathered {
+            while !g.is_empty() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, g.bytes()))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                g.start += n;
+            }
+            self.gathered = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Room left in the gathering buffer (a whole buffer when none is held yet).
+    fn room(&self) -> usize {
+        self.gathered
+            .as_ref()
+            .map_or(BUFFER_SIZE, |g| BUFFER_SIZE - g.end)
+    }
+
+    fn gather(&mut self, data: &[u8]) {
+        let g = self.gathered.get_or_insert_with(|| Filled {
+            buf: Lent::take(),
+            start: 0,
+            end: 0,
+        });
+        g.buf[g.end..g.end + data.len()].copy_from_slice(data);
+        g.end += data.len();
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LegWrite<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.len() > this.room() {
+            ready!(this.poll_drain(cx))?;
+            if data.len() > BUFFER_SIZE / 2 {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.gather(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total > this.room() {
+            ready!(this.poll_drain(cx))?;
+            if total > BUFFER_SIZE / 2 {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.gather(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
 /// Bytes a [`LegRead`] has handed to fastwebsockets, against the frames that came back.
 pub struct Meter(Arc<AtomicU64>);
 
@@ -159,7 +265,12 @@ mod tests {
 
     fn wire(i: usize, len: usize) -> Vec<u8> {
         let payload = vec![b'a' + i as u8; len];
-        let mut frame = Frame::new(true, OpCode::Binary, Some([1, 2, 3, 4]), Payload::Owned(payload));
+        let mut frame = Frame::new(
+            true,
+            OpCode::Binary,
+            Some([1, 2, 3, 4]),
+            Payload::Owned(payload),
+        );
         frame.mask();
         let mut head = [0u8; 14];
         let n = frame.fmt_head(&mut head);
@@ -190,7 +301,10 @@ mod tests {
                 |_: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
             for (i, len) in frames.by_ref() {
                 let frame = InFrame::from_frame(rd.read_frame(&mut no_send).await.unwrap());
-                assert_eq!(frame.payload, BytesMut::from(&vec![b'a' + i as u8; len][..]));
+                assert_eq!(
+                    frame.payload,
+                    BytesMut::from(&vec![b'a' + i as u8; len][..])
+                );
                 consumed += wire_len(&frame);
                 if meter.drained(consumed) {
                     break;
@@ -216,11 +330,39 @@ mod tests {
 
         // All at once: frames left in the reader's buffer keep it alive; nothing is lost.
         let (mut peer, ours) = tokio::io::duplex(1 << 20);
-        let all: Vec<u8> = LENS.iter().enumerate().flat_map(|(i, &l)| wire(i, l)).collect();
+        let all: Vec<u8> = LENS
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| wire(i, l))
+            .collect();
         peer.write_all(&all).await.unwrap();
         let mut leg = LegRead::new(ours, 4096);
         let parks = read_all(&mut leg, |_| {}).await;
         assert!(parks < LENS.len(), "a reader holding frames was dropped");
+    }
+
+    #[tokio::test]
+    async fn small_writes_are_gathered_until_flushed_and_big_ones_pass_through() {
+        use tokio::io::AsyncWriteExt;
+        let (peer, ours) = tokio::io::duplex(1 << 20);
+        let mut w = LegWrite::new(ours);
+        let mut r = LegRead::new(peer, 1 << 20);
+        w.write_all(b"one ").await.unwrap();
+        w.write_all(b"two ").await.unwrap();
+        assert!(w.gathered.is_some(), "held until the flush");
+        w.flush().await.unwrap();
+        assert!(w.gathered.is_none(), "the buffer went back");
+        let mut got = [0u8; 8];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two ");
+        let big = vec![9u8; BUFFER_SIZE * 2];
+        w.write_all(b"head").await.unwrap();
+        w.write_all(&big).await.unwrap();
+        w.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(&rest[..4], b"head");
+        assert_eq!(&rest[4..], &big[..]);
     }
 
     /// Writes into a duplex whose buffer has room, without awaiting (the reader runs later).
@@ -229,7 +371,11 @@ mod tests {
         let mut cx = Context::from_waker(waker);
         let mut written = 0;
         while written < bytes.len() {
-            match tokio::io::AsyncWrite::poll_write(Pin::new(&mut *peer), &mut cx, &bytes[written..]) {
+            match tokio::io::AsyncWrite::poll_write(
+                Pin::new(&mut *peer),
+                &mut cx,
+                &bytes[written..],
+            ) {
                 Poll::Ready(Ok(n)) => written += n,
                 other => panic!("duplex write: {other:?}"),
             }

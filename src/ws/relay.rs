@@ -29,7 +29,7 @@ use tracing::debug;
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::handshake::{switching_protocols, Handshake};
-use super::io::{wire_len, LegRead};
+use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{discard, next_frame, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
@@ -209,8 +209,9 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (r_c, mut w_c) = tokio::io::split(client);
-    let (r_u, mut w_u) = tokio::io::split(upstream);
+    let (r_c, w_c) = tokio::io::split(client);
+    let (r_u, w_u) = tokio::io::split(upstream);
+    let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
     let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
     let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
@@ -422,21 +423,32 @@ where
             KeepAlive::new(ctx.opts.keep_alive_interval, ctx.opts.keep_alive_timeout);
         // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
         let mut consumed = 0u64;
+        // Made once, not per frame: each new one would register with (and on drop unregister
+        // from) a waiter list under a lock.
+        let mut cancelled = pin!(ctx.closing.cancelled());
+        // Frames are written as they come and flushed together once nothing more can be read
+        // at once (the flush arm is polled last): one syscall for a burst, none held back.
+        let mut unflushed = false;
+        let mut popping = pin!(ctl_in.pop());
 
         let last = 'pump: loop {
             // Parked (see `io`): no reader and no buffer until this leg's peer sends something.
             loop {
                 tokio::select! {
                     biased;
-                    _ = ctx.closing.cancelled() => break 'pump ctx.shutting_down(),
-                    work = ctl_in.pop() => match work {
-                        Work::Fin(fin) => break 'pump fin.last(),
-                        Work::Control(ctl) => {
-                            if let Err(e) = send_control(&mut wr, ctl).await {
-                                break 'pump ctx.write_failed(e);
+                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    work = &mut popping => {
+                        popping.set(ctl_in.pop());
+                        match work {
+                            Work::Fin(fin) => break 'pump fin.last(),
+                            Work::Control(ctl) => {
+                                if let Err(e) = queue_control(&mut wr, ctl).await {
+                                    break 'pump ctx.write_failed(e);
+                                }
+                                unflushed = true;
                             }
                         }
-                    },
+                    }
                     data = reader.wait_for_data() => match data {
                         Ok(true) => break,
                         Ok(false) => break 'pump ctx.gone("connection closed without a Close frame".into()),
@@ -446,6 +458,12 @@ where
                         if let Some(last) = ctx.on_tick(tick) {
                             break 'pump last;
                         }
+                    }
+                    flushed = wr.flush(), if unflushed => {
+                        if let Err(e) = flushed {
+                            break 'pump ctx.write_failed(e);
+                        }
+                        unflushed = false;
                     }
                 }
             }
@@ -457,15 +475,19 @@ where
             loop {
                 tokio::select! {
                     biased;
-                    _ = ctx.closing.cancelled() => break 'pump ctx.shutting_down(),
-                    work = ctl_in.pop() => match work {
-                        Work::Fin(fin) => break 'pump fin.last(),
-                        Work::Control(ctl) => {
-                            if let Err(e) = send_control(&mut wr, ctl).await {
-                                break 'pump ctx.write_failed(e);
+                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    work = &mut popping => {
+                        popping.set(ctl_in.pop());
+                        match work {
+                            Work::Fin(fin) => break 'pump fin.last(),
+                            Work::Control(ctl) => {
+                                if let Err(e) = queue_control(&mut wr, ctl).await {
+                                    break 'pump ctx.write_failed(e);
+                                }
+                                unflushed = true;
                             }
                         }
-                    },
+                    }
                     (rd, res) = &mut reading => {
                         let frame = match res {
                             Ok(frame) => frame,
@@ -486,9 +508,10 @@ where
                                 // Fragments go on as they come, opcode and FIN intact, so a large
                                 // message is never held whole; the writer masks towards the app.
                                 let out = Frame::new(frame.fin, frame.opcode, None, Payload::Bytes(frame.payload));
-                                if let Err(e) = send(&mut wr, out).await {
+                                if let Err(e) = wr.write_frame(out).await {
                                     break 'pump ctx.write_failed(e);
                                 }
+                                unflushed = true;
                                 traffic.bytes += len;
                                 if fin {
                                     traffic.messages += 1;
@@ -516,6 +539,12 @@ where
                         if let Some(last) = ctx.on_tick(tick) {
                             break 'pump last;
                         }
+                    }
+                    flushed = wr.flush(), if unflushed => {
+                        if let Err(e) = flushed {
+                            break 'pump ctx.write_failed(e);
+                        }
+                        unflushed = false;
                     }
                 }
             }
@@ -548,7 +577,7 @@ fn configured<R: AsyncRead + Unpin>(
     rd
 }
 
-async fn send_control<W: AsyncWrite + Unpin>(
+async fn queue_control<W: AsyncWrite + Unpin>(
     wr: &mut WebSocketWrite<W>,
     ctl: Control,
 ) -> Result<(), WebSocketError> {
@@ -556,7 +585,7 @@ async fn send_control<W: AsyncWrite + Unpin>(
         Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
         Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
     };
-    send(wr, frame).await
+    wr.write_frame(frame).await
 }
 
 impl PumpCtx<'_> {

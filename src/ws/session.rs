@@ -102,7 +102,8 @@ pub async fn close_and_linger<R, W>(
 /// destroy a Close frame still on its way to the peer.
 pub async fn discard<R: AsyncRead + Unpin>(r: &mut R) {
     while let Ok(Some(_)) =
-        std::future::poll_fn(|cx| crate::buffer::poll_read_lent(r, cx, crate::buffer::BUFFER_SIZE)).await
+        std::future::poll_fn(|cx| crate::buffer::poll_read_lent(r, cx, crate::buffer::BUFFER_SIZE))
+            .await
     {}
 }
 
