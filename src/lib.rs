@@ -5,6 +5,7 @@
 //! - [`config`]: the YAML file, parsed and validated into one immutable snapshot.
 //! - [`server`]: the running gateway: the snapshot behind an `ArcSwap`, listeners, shutdown order.
 //! - [`limits`]: admission limits (sessions in all, per client address, rates).
+//! - [`buffer`]: I/O buffers lent per read from a per-thread pool, so idle connections hold none.
 //! - [`listener`]: accepting TCP and TLS connections and handing them to hyper, with timeouts.
 //! - [`tls`]: rustls server configuration and certificate choice by SNI.
 //! - [`service`]: per-request dispatch: health, sample page, route, WebSocket mode.
@@ -24,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod buffer;
 pub mod config;
 pub mod error;
 pub mod limits;

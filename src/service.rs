@@ -217,9 +217,15 @@ pub fn spawn_session<F, Fut>(
         snapshot.config.close_spread,
         snapshot.config.max_connection_age,
     ));
+    // A root span, not a child of the connection's: a child would keep the connection span's
+    // data alive for as long as the WebSocket lives (several hundred bytes per idle session),
+    // long after the HTTP connection it came from is gone. It repeats what it needs of it.
     let span = info_span!(
+        parent: None,
         "ws",
         peer = %admitted.client,
+        conn = %ctx.peer,
+        tls = ctx.tls,
         route = %path,
         mode,
         upstream = upstream.as_deref().unwrap_or("-")

@@ -3,7 +3,9 @@
 //! Close: ending a tunnel means closing its TCP connections.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,10 +14,11 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
+use crate::buffer::{poll_read_lent, Filled, BUFFER_SIZE};
 use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
@@ -25,9 +28,6 @@ use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwa
 use crate::upstream::sticky_cookie;
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{with_close_token, ClosedBy, SessionEnd};
-
-/// Per-direction copy buffer: enough for a syscall's worth, small enough for many tunnels.
-const COPY_BUFFER: usize = 16 * 1024;
 
 /// Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the body framing
 /// of a request that has none here.
@@ -225,9 +225,13 @@ pub struct TunnelEnd {
 /// Copies bytes both ways. When one side finishes sending, the other's write half is shut down
 /// and the remaining direction gets `linger` to finish too, so a peer that never closes cannot
 /// hold the pair; `closing` drops both at once.
+///
+/// Both directions are polled from this one future with plain `&mut` access to both streams (no
+/// split, so no lock per read), and each holds a buffer only while it has bytes in flight: an
+/// idle tunnel holds none (see [`crate::buffer`]).
 pub async fn tunnel<C, U>(
-    client: C,
-    upstream: U,
+    mut client: C,
+    mut upstream: U,
     linger: Duration,
     closing: &CancellationToken,
 ) -> TunnelEnd
@@ -235,49 +239,47 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (mut cr, mut cw) = tokio::io::split(client);
-    let (mut ur, mut uw) = tokio::io::split(upstream);
-    let mut bytes_in = 0;
-    let mut bytes_out = 0;
-    let (closed_by, reason) = {
-        let mut up = std::pin::pin!(pipe(&mut cr, &mut uw, &mut bytes_in));
-        let mut down = std::pin::pin!(pipe(&mut ur, &mut cw, &mut bytes_out));
-        let first = tokio::select! {
-            _ = closing.cancelled() => None,
-            r = &mut up => Some((true, r)),
-            r = &mut down => Some((false, r)),
-        };
-        match first {
-            None => (ClosedBy::Gateway, "server shutting down".to_owned()),
-            Some((client_first, r)) => {
-                let (closed_by, reason) = match (client_first, r) {
-                    (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),
-                    (true, PipeEnd::Read(e)) => (ClosedBy::Client, e.to_string()),
-                    (true, PipeEnd::Write(e)) => (ClosedBy::Upstream, e.to_string()),
-                    (false, PipeEnd::Eof) => (ClosedBy::Upstream, "upstream closed".to_owned()),
-                    (false, PipeEnd::Read(e)) => (ClosedBy::Upstream, e.to_string()),
-                    (false, PipeEnd::Write(e)) => (ClosedBy::Client, e.to_string()),
-                };
-                let rest = async {
-                    if client_first {
-                        down.await
-                    } else {
-                        up.await
-                    }
-                };
-                tokio::select! {
-                    _ = closing.cancelled() => {}
-                    _ = tokio::time::timeout(linger, rest) => {}
-                }
-                (closed_by, reason)
+    let mut up = Direction::default(); // client to upstream
+    let mut down = Direction::default(); // upstream to client
+    let first = tokio::select! {
+        _ = closing.cancelled() => None,
+        r = std::future::poll_fn(|cx| {
+            if let Poll::Ready(end) = up.poll(cx, &mut client, &mut upstream) {
+                return Poll::Ready((true, end));
             }
+            down.poll(cx, &mut upstream, &mut client).map(|end| (false, end))
+        }) => Some(r),
+    };
+    let (closed_by, reason) = match first {
+        None => (ClosedBy::Gateway, "server shutting down".to_owned()),
+        Some((client_first, end)) => {
+            let verdict = match (client_first, end) {
+                (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),
+                (true, PipeEnd::Read(e)) => (ClosedBy::Client, e.to_string()),
+                (true, PipeEnd::Write(e)) => (ClosedBy::Upstream, e.to_string()),
+                (false, PipeEnd::Eof) => (ClosedBy::Upstream, "upstream closed".to_owned()),
+                (false, PipeEnd::Read(e)) => (ClosedBy::Upstream, e.to_string()),
+                (false, PipeEnd::Write(e)) => (ClosedBy::Client, e.to_string()),
+            };
+            let rest = std::future::poll_fn(|cx| {
+                if client_first {
+                    down.poll(cx, &mut upstream, &mut client)
+                } else {
+                    up.poll(cx, &mut client, &mut upstream)
+                }
+            });
+            tokio::select! {
+                _ = closing.cancelled() => {}
+                _ = tokio::time::timeout(linger, rest) => {}
+            }
+            verdict
         }
     };
     TunnelEnd {
         closed_by,
         reason,
-        bytes_in,
-        bytes_out,
+        bytes_in: up.bytes,
+        bytes_out: down.bytes,
     }
 }
 
@@ -287,31 +289,64 @@ enum PipeEnd {
     Write(io::Error),
 }
 
-/// One direction: read, write, flush (TLS holds data until flushed); EOF becomes a half-close.
-async fn pipe<R, W>(r: &mut R, w: &mut W, count: &mut u64) -> PipeEnd
-where
-    R: AsyncRead + Unpin,
-    W: AsyncWrite + Unpin,
-{
-    let mut buf = vec![0u8; COPY_BUFFER];
-    loop {
-        let n = match r.read(&mut buf).await {
-            Ok(0) => {
-                let _ = w.shutdown().await;
-                return PipeEnd::Eof;
+/// One direction of a tunnel: read into a lent buffer, write it all, flush once the reader has
+/// nothing more (TLS holds data until flushed); end of stream becomes a half-close.
+#[derive(Default)]
+struct Direction {
+    /// Read and not yet written.
+    pending: Option<Filled>,
+    /// Written since the last flush.
+    unflushed: bool,
+    /// The read side ended; the write side is being shut down.
+    ending: Option<PipeEnd>,
+    /// Bytes written on.
+    bytes: u64,
+}
+
+impl Direction {
+    fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<PipeEnd>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        loop {
+            if self.ending.is_some() {
+                // A failed shutdown changes nothing: the direction is over either way.
+                let _ = ready!(Pin::new(&mut *w).poll_shutdown(cx));
+                return Poll::Ready(self.ending.take().expect("checked above"));
             }
-            Ok(n) => n,
-            Err(e) => {
-                let _ = w.shutdown().await;
-                return PipeEnd::Read(e);
+            if let Some(filled) = &mut self.pending {
+                while !filled.is_empty() {
+                    match Pin::new(&mut *w).poll_write(cx, filled.bytes()) {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(PipeEnd::Write(io::ErrorKind::WriteZero.into()))
+                        }
+                        Poll::Ready(Ok(n)) => {
+                            filled.start += n;
+                            self.bytes += n as u64;
+                        }
+                        Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
+                    }
+                }
+                self.pending = None; // the buffer goes back to the pool
+                self.unflushed = true;
             }
-        };
-        if let Err(e) = w.write_all(&buf[..n]).await {
-            return PipeEnd::Write(e);
+            match poll_read_lent(r, cx, BUFFER_SIZE) {
+                Poll::Pending => {
+                    if self.unflushed {
+                        match Pin::new(&mut *w).poll_flush(cx) {
+                            Poll::Ready(Ok(())) => self.unflushed = false,
+                            Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
+                            Poll::Pending => {}
+                        }
+                    }
+                    return Poll::Pending;
+                }
+                Poll::Ready(Ok(Some(filled))) => self.pending = Some(filled),
+                Poll::Ready(Ok(None)) => self.ending = Some(PipeEnd::Eof),
+                Poll::Ready(Err(e)) => self.ending = Some(PipeEnd::Read(e)),
+            }
         }
-        if let Err(e) = w.flush().await {
-            return PipeEnd::Write(e);
-        }
-        *count += n as u64;
     }
 }

@@ -5,12 +5,12 @@ use std::future::Future;
 use std::pin::pin;
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
-use super::io::CappedRead;
+use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{close_and_linger, next_frame, CloseRequest, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
@@ -36,49 +36,83 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut closing = pin!(closing);
-    let (r, mut w) = tokio::io::split(io);
-    let mut raw = CappedRead::new(r, opts.receive_buffer_size);
+    let (r, w) = tokio::io::split(io);
+    let mut w = LegWrite::new(w);
+    let mut raw = LegRead::new(r, opts.receive_buffer_size);
+    let meter = raw.meter();
     let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
-    let (mut rd, mut wr) = fastwebsockets::after_handshake_split(&mut raw, &mut w, Role::Server);
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    rd.set_max_message_size(validator.frame_limit());
+    let (_, mut wr) =
+        fastwebsockets::after_handshake_split(tokio::io::empty(), &mut w, Role::Server);
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
     let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
     let mut rate = (message_rate > 0).then(|| TokenBucket::new(message_rate));
+    // Only fragmented messages are assembled here; whole frames go back without a copy.
+    let mut message = BytesMut::new();
+    // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
+    let mut consumed = 0u64;
+    // Echoes are written as they come and flushed together once nothing more can be read at
+    // once (the flush arm is polled last): one syscall for a burst, none held back.
+    let mut unflushed = false;
 
-    let ending = {
-        let mut reading = pin!(next_frame(rd));
-        // Only fragmented messages are assembled here; whole frames go back without a copy.
-        let mut message = BytesMut::new();
+    let ending = 'session: loop {
+        // Parked (see `io`): no reader and no buffer until the client sends something.
         loop {
             tokio::select! {
                 biased;
                 request = &mut closing => {
-                    break Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
+                    break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
+                }
+                data = raw.wait_for_data() => match data {
+                    Ok(true) => break,
+                    Ok(false) => break 'session Ending::Gone("connection closed without a Close frame".into()),
+                    Err(e) => break 'session Ending::Gone(e.to_string()),
+                },
+                tick = keepalive.tick() => {
+                    if let Some(ending) = on_tick(tick, &mut wr).await {
+                        break 'session ending;
+                    }
+                }
+                flushed = wr.flush(), if unflushed => {
+                    if let Err(e) = flushed {
+                        break 'session Ending::Gone(e.to_string());
+                    }
+                    unflushed = false;
+                }
+            }
+        }
+        // Reading: one reader, until its buffer holds nothing more.
+        let (rd, _) =
+            fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
+        let mut reading = pin!(next_frame(configured(rd, &validator)));
+        loop {
+            tokio::select! {
+                biased;
+                request = &mut closing => {
+                    break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
                 }
                 (rd, res) = &mut reading => {
                     let frame = match res {
                         Ok(frame) => frame,
-                        Err(e) => break read_failure(e),
+                        Err(e) => break 'session read_failure(e),
                     };
                     keepalive.seen();
+                    consumed += wire_len(&frame);
                     let kind = match validator.check(&frame) {
                         Ok(kind) => kind,
-                        Err(v) => break Ending::Close(v.code, v.reason, ClosedBy::Gateway),
+                        Err(v) => break 'session Ending::Close(v.code, v.reason, ClosedBy::Gateway),
                     };
                     let sent = match kind {
-                        FrameKind::Data { opcode, fin } => {
+                        FrameKind::Data { fin: false, .. } => {
                             stats.bytes_in += frame.payload.len() as u64;
-                            if !fin {
-                                message.extend_from_slice(&frame.payload);
-                                reading.set(next_frame(rd));
-                                continue;
-                            }
+                            message.extend_from_slice(&frame.payload);
+                            Ok(())
+                        }
+                        FrameKind::Data { opcode, fin: true } => {
+                            stats.bytes_in += frame.payload.len() as u64;
                             stats.messages_in += 1;
                             if let Some(bucket) = rate.as_mut() {
                                 if !bucket.take(message_rate) {
-                                    break Ending::Close(close::POLICY, "message rate exceeded", ClosedBy::Gateway);
+                                    break 'session Ending::Close(close::POLICY, "message rate exceeded", ClosedBy::Gateway);
                                 }
                             }
                             let payload = if frame.opcode == OpCode::Continuation {
@@ -89,31 +123,39 @@ where
                             };
                             stats.messages_out += 1;
                             stats.bytes_out += payload.len() as u64;
-                            send(&mut wr, Frame::new(true, opcode, None, Payload::Bytes(payload))).await
+                            unflushed = true;
+                            wr.write_frame(Frame::new(true, opcode, None, Payload::Bytes(payload))).await
                         }
-                        FrameKind::Ping => send(&mut wr, Frame::pong(Payload::Bytes(frame.payload))).await,
+                        FrameKind::Ping => {
+                            unflushed = true;
+                            wr.write_frame(Frame::pong(Payload::Bytes(frame.payload))).await
+                        }
                         FrameKind::Pong => Ok(()),
                         FrameKind::Close { code } => {
                             let mut reason = frame.payload;
                             let _ = reason.split_to(reason.len().min(2));
-                            break Ending::Answer(code, reason);
+                            break 'session Ending::Answer(code, reason);
                         }
                     };
                     if let Err(e) = sent {
-                        break Ending::Gone(e.to_string());
+                        break 'session Ending::Gone(e.to_string());
+                    }
+                    if meter.drained(consumed) {
+                        break; // park
                     }
                     reading.set(next_frame(rd));
                 }
-                tick = keepalive.tick() => match tick {
-                    Tick::SendPing => {
-                        if let Err(e) = send(&mut wr, Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await {
-                            break Ending::Gone(e.to_string());
-                        }
+                tick = keepalive.tick() => {
+                    if let Some(ending) = on_tick(tick, &mut wr).await {
+                        break 'session ending;
                     }
-                    Tick::TimedOut => {
-                        break Ending::Close(close::GOING_AWAY, "keep-alive timeout", ClosedBy::Gateway);
+                }
+                flushed = wr.flush(), if unflushed => {
+                    if let Err(e) = flushed {
+                        break 'session Ending::Gone(e.to_string());
                     }
-                },
+                    unflushed = false;
+                }
             }
         }
     };
@@ -139,6 +181,35 @@ where
     stats
 }
 
+/// A reader for the client leg, with wsgate's own answers to Close and Ping (it sends them
+/// itself, after validation) and the message cap.
+fn configured<R: AsyncRead + Unpin>(
+    mut rd: WebSocketRead<R>,
+    validator: &FrameValidator,
+) -> WebSocketRead<R> {
+    rd.set_auto_close(false);
+    rd.set_auto_pong(false);
+    rd.set_max_message_size(validator.frame_limit());
+    rd
+}
+
+async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut WebSocketWrite<W>) -> Option<Ending> {
+    match tick {
+        Tick::SendPing => {
+            let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
+            send(wr, ping)
+                .await
+                .err()
+                .map(|e| Ending::Gone(e.to_string()))
+        }
+        Tick::TimedOut => Some(Ending::Close(
+            close::GOING_AWAY,
+            "keep-alive timeout",
+            ClosedBy::Gateway,
+        )),
+    }
+}
+
 fn read_failure(e: WebSocketError) -> Ending {
     match classify_read_error(e) {
         ReadFailure::Violation(v) => Ending::Close(v.code, v.reason, ClosedBy::Gateway),
@@ -147,7 +218,7 @@ fn read_failure(e: WebSocketError) -> Ending {
 }
 
 async fn send<W: AsyncWrite + Unpin>(
-    wr: &mut fastwebsockets::WebSocketWrite<W>,
+    wr: &mut WebSocketWrite<W>,
     frame: Frame<'_>,
 ) -> Result<(), WebSocketError> {
     wr.write_frame(frame).await?;

@@ -1,60 +1,384 @@
-//! Stream adapters for WebSocket sessions.
+//! The read side of a WebSocket leg, between the socket and fastwebsockets' reader.
+//!
+//! fastwebsockets gives every reader an 8 KiB buffer that it keeps (grown to the largest frame
+//! seen) for the reader's whole life, and it offers no way to release it. An idle WebSocket
+//! would hold it forever. So a session drops its reader whenever that buffer holds nothing
+//! (every byte handed to fastwebsockets came back as part of a frame) and *parks*: it waits for
+//! the next bytes with [`LegRead::wait_for_data`], which reads into a buffer lent from
+//! [`crate::buffer`] only for the moment data arrives, then makes a new reader. Parked, a leg
+//! holds no buffer at all.
+//!
+//! Knowing that the reader's buffer is empty takes one count: the bytes this wrapper handed to
+//! fastwebsockets, against the bytes of the frames it returned ([`wire_len`]).
 
 use std::io;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Caps each read from the socket at `receive_buffer_size` (ASP.NET Core's ReceiveBufferSize):
-/// fastwebsockets reserves room for a whole frame and would otherwise read as much as the
-/// kernel holds, so this is what makes the option mean what operators expect.
-pub struct CappedRead<R> {
+use super::frames::InFrame;
+use crate::buffer::{poll_read_lent, Filled, Lent, BUFFER_SIZE};
+
+/// Wraps a leg's read half: caps each socket read at `receive_buffer_size` (ASP.NET Core's
+/// ReceiveBufferSize; fastwebsockets reserves room for a whole frame and would otherwise read
+/// as much as the kernel holds), serves bytes read while parked, and counts what it delivers.
+pub struct LegRead<R> {
     inner: R,
     cap: usize,
+    /// Bytes read while parked, not yet handed to a reader.
+    parked: Option<Filled>,
+    /// Bytes handed to fastwebsockets so far, shared with the session, which must read it while
+    /// fastwebsockets' reader holds this wrapper.
+    delivered: Arc<AtomicU64>,
 }
 
-impl<R> CappedRead<R> {
+impl<R> LegRead<R> {
     pub fn new(inner: R, cap: usize) -> Self {
         Self {
             inner,
             cap: cap.max(1),
+            parked: None,
+            delivered: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// The count of bytes handed to fastwebsockets, readable while a reader holds this wrapper.
+    pub fn meter(&self) -> Meter {
+        Meter(self.delivered.clone())
     }
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for CappedRead<R> {
+impl<R: AsyncRead + Unpin> LegRead<R> {
+    /// Waits until bytes can be read, holding a buffer only once they are there. `Ok(false)` is
+    /// end of stream. Cancel-safe: bytes read are kept for the next reader before this returns.
+    pub async fn wait_for_data(&mut self) -> io::Result<bool> {
+        std::future::poll_fn(|cx| {
+            if self.parked.is_some() {
+                return Poll::Ready(Ok(true));
+            }
+            let limit = self.cap.min(BUFFER_SIZE);
+            match ready!(poll_read_lent(&mut self.inner, cx, limit))? {
+                Some(filled) => {
+                    self.parked = Some(filled);
+                    Poll::Ready(Ok(true))
+                }
+                None => Poll::Ready(Ok(false)),
+            }
+        })
+        .await
+    }
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for LegRead<R> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if buf.remaining() <= this.cap {
-            return Pin::new(&mut this.inner).poll_read(cx, buf);
+        let before = buf.filled().len();
+        if let Some(parked) = &mut this.parked {
+            let n = parked.bytes().len().min(buf.remaining());
+            buf.put_slice(&parked.bytes()[..n]);
+            parked.start += n;
+            if parked.is_empty() {
+                this.parked = None; // the lent buffer goes back
+            }
+        } else if buf.remaining() <= this.cap {
+            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        } else if this.cap <= BUFFER_SIZE {
+            // Read into a lent buffer and copy what came: cheaper than zeroing `cap` bytes of
+            // the reader's uninitialized spare room, which is what a capped sub-buffer costs.
+            if let Some(filled) = ready!(poll_read_lent(&mut this.inner, cx, this.cap))? {
+                buf.put_slice(filled.bytes());
+            }
+        } else {
+            let mut sub = ReadBuf::new(buf.initialize_unfilled_to(this.cap));
+            ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
+            let n = sub.filled().len();
+            buf.advance(n);
         }
-        let mut sub = ReadBuf::new(buf.initialize_unfilled_to(this.cap));
-        ready!(Pin::new(&mut this.inner).poll_read(cx, &mut sub))?;
-        let n = sub.filled().len();
-        buf.advance(n);
+        // One writer (this task): a plain load and store, no locked add, on the read path.
+        let n = (buf.filled().len() - before) as u64;
+        let total = this.delivered.load(Ordering::Relaxed) + n;
+        this.delivered.store(total, Ordering::Relaxed);
         Poll::Ready(Ok(()))
     }
+}
+
+/// Wraps a leg's write half so that frames written back to back go out in one syscall: small
+/// writes are gathered in a buffer lent only until the next flush (a session flushes when it
+/// has nothing more to read at once), and writes too big to gather go straight through.
+/// `poll_flush` and `poll_shutdown` write out what was gathered first.
+pub struct LegWrite<W> {
+    inner: W,
+    /// Gathered and not yet written: `buf[start..end]`.
+    gathered: Option<Filled>,
+}
+
+impl<W> LegWrite<W> {
+    pub fn new(inner: W) -> Self {
+        Self {
+            inner,
+            gathered: None,
+        }
+    }
+}
+
+impl<W: AsyncWrite + Unpin> LegWrite<W> {
+    /// Writes out what was gathered; the buffer goes back once it is all out.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if let Some(g) = &mut self.gathered {
+            while !g.is_empty() {
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, g.bytes()))?;
+                if n == 0 {
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                g.start += n;
+            }
+            self.gathered = None;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Room left in the gathering buffer (a whole buffer when none is held yet).
+    fn room(&self) -> usize {
+        self.gathered
+            .as_ref()
+            .map_or(BUFFER_SIZE, |g| BUFFER_SIZE - g.end)
+    }
+
+    fn gather(&mut self, data: &[u8]) {
+        let g = self.gathered.get_or_insert_with(|| Filled {
+            buf: Lent::take(),
+            start: 0,
+            end: 0,
+        });
+        g.buf[g.end..g.end + data.len()].copy_from_slice(data);
+        g.end += data.len();
+    }
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for LegWrite<W> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        if data.len() > this.room() {
+            ready!(this.poll_drain(cx))?;
+            if data.len() > BUFFER_SIZE / 2 {
+                return Pin::new(&mut this.inner).poll_write(cx, data);
+            }
+        }
+        this.gather(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if total > this.room() {
+            ready!(this.poll_drain(cx))?;
+            if total > BUFFER_SIZE / 2 {
+                return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        for b in bufs {
+            this.gather(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        ready!(this.poll_drain(cx))?;
+        Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Bytes a [`LegRead`] has handed to fastwebsockets, against the frames that came back.
+pub struct Meter(Arc<AtomicU64>);
+
+impl Meter {
+    /// Whether every byte handed to the reader came back in the frames whose [`wire_len`]s add
+    /// up to `consumed`: then the reader's buffer is empty and dropping it loses nothing.
+    pub fn drained(&self, consumed: u64) -> bool {
+        self.0.load(Ordering::Relaxed) == consumed
+    }
+}
+
+/// The bytes a frame took on the wire, assuming the shortest length encoding (RFC 6455 5.2:
+/// "the minimal number of bytes MUST be used"). A peer that pads its lengths makes this an
+/// undercount, so its leg merely never parks: the count can never claim an empty buffer that
+/// is not.
+pub fn wire_len(frame: &InFrame) -> u64 {
+    let len = frame.payload.len() as u64;
+    let ext = match len {
+        0..=125 => 0,
+        126..=65535 => 2,
+        _ => 8,
+    };
+    2 + ext + if frame.masked { 4 } else { 0 } + len
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use bytes::BytesMut;
+    use fastwebsockets::{Frame, OpCode, Payload, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn reads_at_most_the_cap() {
         let data = vec![7u8; 10_000];
-        let mut r = CappedRead::new(&data[..], 4096);
+        let mut r = LegRead::new(&data[..], 4096);
+        let meter = r.meter();
         let mut buf = Vec::with_capacity(20_000);
         let n = r.read_buf(&mut buf).await.unwrap();
         assert_eq!(n, 4096);
         let mut rest = Vec::new();
         r.read_to_end(&mut rest).await.unwrap();
         assert_eq!(n + rest.len(), 10_000);
+        assert!(meter.drained(10_000));
+    }
+
+    const LENS: [usize; 7] = [0, 5, 125, 126, 3000, 70_000, 1];
+
+    fn wire(i: usize, len: usize) -> Vec<u8> {
+        let payload = vec![b'a' + i as u8; len];
+        let mut frame = Frame::new(
+            true,
+            OpCode::Binary,
+            Some([1, 2, 3, 4]),
+            Payload::Owned(payload),
+        );
+        frame.mask();
+        let mut head = [0u8; 14];
+        let n = frame.fmt_head(&mut head);
+        let mut out = head[..n].to_vec();
+        out.extend_from_slice(&frame.payload);
+        out
+    }
+
+    /// Reads LENS's frames the way a session does: park, make a reader, take frames from it
+    /// until the count says its buffer is empty. `sent` is called before each park and may
+    /// write the next frame. Returns how many times it parked.
+    async fn read_all(
+        leg: &mut LegRead<tokio::io::DuplexStream>,
+        mut before_park: impl FnMut(usize),
+    ) -> usize {
+        let meter = leg.meter();
+        let mut consumed = 0;
+        let mut frames = LENS.into_iter().enumerate().peekable();
+        let mut parks = 0;
+        while let Some(&(next, _)) = frames.peek() {
+            before_park(next);
+            assert!(leg.wait_for_data().await.unwrap());
+            parks += 1;
+            let (mut rd, _) =
+                fastwebsockets::after_handshake_split(&mut *leg, tokio::io::sink(), Role::Server);
+            rd.set_max_message_size(1 << 20);
+            let mut no_send =
+                |_: Frame<'_>| std::future::ready(Ok::<(), std::convert::Infallible>(()));
+            for (i, len) in frames.by_ref() {
+                let frame = InFrame::from_frame(rd.read_frame(&mut no_send).await.unwrap());
+                assert_eq!(
+                    frame.payload,
+                    BytesMut::from(&vec![b'a' + i as u8; len][..])
+                );
+                consumed += wire_len(&frame);
+                if meter.drained(consumed) {
+                    break;
+                }
+            }
+        }
+        parks
+    }
+
+    #[tokio::test]
+    async fn a_reader_is_dropped_only_when_its_buffer_is_empty() {
+        // Frames one at a time: the reader's buffer empties after each, so each is read parked.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let mut leg = LegRead::new(ours, 4096);
+        let parks = read_all(&mut leg, |i| {
+            let bytes = wire(i, LENS[i]);
+            write_now(&mut peer, &bytes);
+        })
+        .await;
+        assert_eq!(parks, LENS.len());
+        drop(peer);
+        assert!(!leg.wait_for_data().await.unwrap(), "end of stream");
+
+        // All at once: frames left in the reader's buffer keep it alive; nothing is lost.
+        let (mut peer, ours) = tokio::io::duplex(1 << 20);
+        let all: Vec<u8> = LENS
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| wire(i, l))
+            .collect();
+        peer.write_all(&all).await.unwrap();
+        let mut leg = LegRead::new(ours, 4096);
+        let parks = read_all(&mut leg, |_| {}).await;
+        assert!(parks < LENS.len(), "a reader holding frames was dropped");
+    }
+
+    #[tokio::test]
+    async fn small_writes_are_gathered_until_flushed_and_big_ones_pass_through() {
+        use tokio::io::AsyncWriteExt;
+        let (peer, ours) = tokio::io::duplex(1 << 20);
+        let mut w = LegWrite::new(ours);
+        let mut r = LegRead::new(peer, 1 << 20);
+        w.write_all(b"one ").await.unwrap();
+        w.write_all(b"two ").await.unwrap();
+        assert!(w.gathered.is_some(), "held until the flush");
+        w.flush().await.unwrap();
+        assert!(w.gathered.is_none(), "the buffer went back");
+        let mut got = [0u8; 8];
+        r.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"one two ");
+        let big = vec![9u8; BUFFER_SIZE * 2];
+        w.write_all(b"head").await.unwrap();
+        w.write_all(&big).await.unwrap();
+        w.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        r.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(&rest[..4], b"head");
+        assert_eq!(&rest[4..], &big[..]);
+    }
+
+    /// Writes into a duplex whose buffer has room, without awaiting (the reader runs later).
+    fn write_now(peer: &mut tokio::io::DuplexStream, bytes: &[u8]) {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut written = 0;
+        while written < bytes.len() {
+            match tokio::io::AsyncWrite::poll_write(
+                Pin::new(&mut *peer),
+                &mut cx,
+                &bytes[written..],
+            ) {
+                Poll::Ready(Ok(n)) => written += n,
+                other => panic!("duplex write: {other:?}"),
+            }
+        }
     }
 }

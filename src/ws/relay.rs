@@ -18,21 +18,20 @@ use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::handshake::{switching_protocols, Handshake};
-use super::io::CappedRead;
+use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{next_frame, ClosedBy, SessionEnd};
+use super::session::{discard, next_frame, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -47,41 +46,70 @@ use crate::ws::session::with_close_token;
 /// Pings must not make the queue (or a pump waiting on it) grow without bound.
 const CONTROL_QUEUE: usize = 32;
 
-/// A bounded queue that never blocks the sender: a full queue drops its oldest entry. One pump
-/// pushes, the pump owning the writer pops; cancel-safe to `pop` inside `select!`.
+/// What one pump asks of the pump that owns a writer: control frames to send, in a bounded
+/// queue that never blocks the sender (a full queue drops its oldest entry), and the last thing
+/// to do with the writer (the first one set wins). Cancel-safe to `pop` inside `select!`. Kept
+/// inline in the session (a channel would allocate over a kilobyte per leg for one message).
 struct ControlQueue {
-    frames: std::sync::Mutex<std::collections::VecDeque<Control>>,
+    queued: std::sync::Mutex<Queued>,
     ready: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct Queued {
+    frames: std::collections::VecDeque<Control>,
+    fin: Option<Fin>,
+}
+
+/// What a pump takes from its [`ControlQueue`]: the final instruction comes before any frame.
+enum Work {
+    Fin(Fin),
+    Control(Control),
 }
 
 impl ControlQueue {
     fn new() -> Self {
         Self {
-            frames: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            queued: std::sync::Mutex::new(Queued::default()),
             ready: tokio::sync::Notify::new(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, Queued> {
+        self.queued.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn push(&self, frame: Control) {
-        let mut q = self.frames.lock().unwrap_or_else(|p| p.into_inner());
-        if q.len() >= CONTROL_QUEUE {
-            q.pop_front();
+        let mut q = self.lock();
+        if q.frames.len() >= CONTROL_QUEUE {
+            q.frames.pop_front();
         }
-        q.push_back(frame);
+        q.frames.push_back(frame);
         drop(q);
         // A stored permit covers a push made while the other pump is not waiting yet.
         self.ready.notify_one();
     }
 
-    async fn pop(&self) -> Control {
+    /// Sets the writer's last instruction, unless one is set already.
+    fn finish(&self, fin: Fin) {
+        let mut q = self.lock();
+        if q.fin.is_none() {
+            q.fin = Some(fin);
+        }
+        drop(q);
+        self.ready.notify_one();
+    }
+
+    async fn pop(&self) -> Work {
         loop {
-            if let Some(frame) = self
-                .frames
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front()
             {
-                return frame;
+                let mut q = self.lock();
+                if let Some(fin) = q.fin.take() {
+                    return Work::Fin(fin);
+                }
+                if let Some(frame) = q.frames.pop_front() {
+                    return Work::Control(frame);
+                }
             }
             self.ready.notified().await;
         }
@@ -181,15 +209,14 @@ where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let (r_c, mut w_c) = tokio::io::split(client);
-    let (r_u, mut w_u) = tokio::io::split(upstream);
-    let mut raw_c = CappedRead::new(r_c, opts.receive_buffer_size);
-    let mut raw_u = CappedRead::new(r_u, opts.receive_buffer_size);
+    let (r_c, w_c) = tokio::io::split(client);
+    let (r_u, w_u) = tokio::io::split(upstream);
+    let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
+    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
+    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
     let ctl_c = ControlQueue::new();
     let ctl_u = ControlQueue::new();
-    let (fin_c_tx, mut fin_c_rx) = mpsc::channel(1);
-    let (fin_u_tx, mut fin_u_rx) = mpsc::channel(1);
     let ending = OnceLock::new();
     let stopped = CancellationToken::new();
     let mut inbound = Traffic::default();
@@ -200,13 +227,11 @@ where
             reader: &mut raw_c,
             writer: &mut w_u,
             ctl_in: &ctl_u,
-            fin_in: &mut fin_u_rx,
             traffic: &mut inbound,
             ctx: PumpCtx {
                 from: Party::Client,
                 opts,
                 ctl_back: &ctl_c,
-                fin_back: &fin_c_tx,
                 ending: &ending,
                 closing,
                 stopped: &stopped,
@@ -216,13 +241,11 @@ where
             reader: &mut raw_u,
             writer: &mut w_c,
             ctl_in: &ctl_c,
-            fin_in: &mut fin_c_rx,
             traffic: &mut outbound,
             ctx: PumpCtx {
                 from: Party::Upstream,
                 opts,
                 ctl_back: &ctl_u,
-                fin_back: &fin_u_tx,
                 ending: &ending,
                 closing,
                 stopped: &stopped,
@@ -233,9 +256,9 @@ where
         // connection first; on the upstream leg it is the client and waits for the app to.
         let client_leg = async {
             let _ = w_c.shutdown().await;
-            drain(&mut raw_c).await;
+            discard(&mut raw_c).await;
         };
-        tokio::join!(client_leg, drain(&mut raw_u));
+        tokio::join!(client_leg, discard(&mut raw_u));
     };
     let deadline = async {
         tokio::select! {
@@ -264,17 +287,6 @@ where
     end.messages_out = outbound.messages;
     end.bytes_out = outbound.bytes;
     end
-}
-
-/// Reads and discards until the peer closes: dropping a socket with unread data makes the kernel
-/// answer with RST, which can destroy the Close frame still on its way to the peer.
-async fn drain<R: AsyncRead + Unpin>(r: &mut R) {
-    let mut sink = [0u8; 2048];
-    while let Ok(n) = r.read(&mut sink).await {
-        if n == 0 {
-            break;
-        }
-    }
 }
 
 /// The two ends of a relayed session.
@@ -367,11 +379,10 @@ struct Traffic {
 
 /// One direction of a relayed session: reads `ctx.from`'s leg, writes the other party's.
 struct Pump<'a, R, W> {
-    reader: &'a mut R,
+    reader: &'a mut LegRead<R>,
     writer: &'a mut W,
     /// Control frames and the final instruction for `writer`, from the other pump.
     ctl_in: &'a ControlQueue,
-    fin_in: &'a mut mpsc::Receiver<Fin>,
     traffic: &'a mut Traffic,
     ctx: PumpCtx<'a>,
 }
@@ -383,7 +394,6 @@ struct PumpCtx<'a> {
     /// Control frames and the final instruction for the writer of `from`'s leg, which the other
     /// pump owns.
     ctl_back: &'a ControlQueue,
-    fin_back: &'a mpsc::Sender<Fin>,
     ending: &'a OnceLock<Ending>,
     closing: &'a CancellationToken,
     /// Cancelled when this pump stops forwarding, which starts the close deadline.
@@ -400,59 +410,97 @@ where
             reader,
             writer,
             ctl_in,
-            fin_in,
             traffic,
             ctx,
         } = self;
         let from = ctx.from;
-        // Two half-made pairs because the reader and the writer belong to different legs, and
-        // so to different roles.
-        let (mut rd, _) =
-            fastwebsockets::after_handshake_split(reader, tokio::io::sink(), from.role());
+        let meter = reader.meter();
+        // The writer belongs to the other leg, and so to the other role.
         let (_, mut wr) =
             fastwebsockets::after_handshake_split(tokio::io::empty(), writer, from.other().role());
         let mut validator = FrameValidator::new(from.peer(), ctx.opts.max_message_size);
-        rd.set_auto_close(false);
-        rd.set_auto_pong(false);
-        rd.set_max_message_size(validator.frame_limit());
         let mut keepalive =
             KeepAlive::new(ctx.opts.keep_alive_interval, ctx.opts.keep_alive_timeout);
+        // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
+        let mut consumed = 0u64;
+        // Made once, not per frame: each new one would register with (and on drop unregister
+        // from) a waiter list under a lock.
+        let mut cancelled = pin!(ctx.closing.cancelled());
+        // Frames are written as they come and flushed together once nothing more can be read
+        // at once (the flush arm is polled last): one syscall for a burst, none held back.
+        let mut unflushed = false;
+        let mut popping = pin!(ctl_in.pop());
 
-        let last = {
-            // One read in flight for the whole loop: fastwebsockets' read is not cancel-safe.
-            let mut reading = pin!(next_frame(rd));
+        let last = 'pump: loop {
+            // Parked (see `io`): no reader and no buffer until this leg's peer sends something.
             loop {
                 tokio::select! {
                     biased;
-                    _ = ctx.closing.cancelled() => {
-                        ctx.record(Some(close::GOING_AWAY), ClosedBy::Gateway, "server shutting down");
-                        break Last::close(close::GOING_AWAY, "server shutting down");
+                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    work = &mut popping => {
+                        popping.set(ctl_in.pop());
+                        match work {
+                            Work::Fin(fin) => break 'pump fin.last(),
+                            Work::Control(ctl) => {
+                                if let Err(e) = queue_control(&mut wr, ctl).await {
+                                    break 'pump ctx.write_failed(e);
+                                }
+                                unflushed = true;
+                            }
+                        }
                     }
-                    Some(fin) = fin_in.recv() => match fin {
-                        Fin::Close(code, reason) => break Last::close(code, reason),
-                        Fin::Abandon => break Last::Nothing,
+                    data = reader.wait_for_data() => match data {
+                        Ok(true) => break,
+                        Ok(false) => break 'pump ctx.gone("connection closed without a Close frame".into()),
+                        Err(e) => break 'pump ctx.gone(e.to_string()),
                     },
-                    ctl = ctl_in.pop() => {
-                        let frame = match ctl {
-                            Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
-                            Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
-                        };
-                        if let Err(e) = send(&mut wr, frame).await {
-                            break ctx.write_failed(e);
+                    tick = keepalive.tick() => {
+                        if let Some(last) = ctx.on_tick(tick) {
+                            break 'pump last;
+                        }
+                    }
+                    flushed = wr.flush(), if unflushed => {
+                        if let Err(e) = flushed {
+                            break 'pump ctx.write_failed(e);
+                        }
+                        unflushed = false;
+                    }
+                }
+            }
+            // Reading: one reader, until its buffer holds nothing more. Its read is not
+            // cancel-safe, so one stays in flight until a frame comes back.
+            let (rd, _) =
+                fastwebsockets::after_handshake_split(&mut *reader, tokio::io::sink(), from.role());
+            let mut reading = pin!(next_frame(configured(rd, &validator)));
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    work = &mut popping => {
+                        popping.set(ctl_in.pop());
+                        match work {
+                            Work::Fin(fin) => break 'pump fin.last(),
+                            Work::Control(ctl) => {
+                                if let Err(e) = queue_control(&mut wr, ctl).await {
+                                    break 'pump ctx.write_failed(e);
+                                }
+                                unflushed = true;
+                            }
                         }
                     }
                     (rd, res) = &mut reading => {
                         let frame = match res {
                             Ok(frame) => frame,
-                            Err(e) => break match classify_read_error(e) {
+                            Err(e) => break 'pump match classify_read_error(e) {
                                 ReadFailure::Violation(v) => ctx.violation(v.code, v.reason),
                                 ReadFailure::Gone(why) => ctx.gone(why),
                             },
                         };
                         keepalive.seen();
+                        consumed += wire_len(&frame);
                         let kind = match validator.check(&frame) {
                             Ok(kind) => kind,
-                            Err(v) => break ctx.violation(v.code, v.reason),
+                            Err(v) => break 'pump ctx.violation(v.code, v.reason),
                         };
                         match kind {
                             FrameKind::Data { fin, .. } => {
@@ -460,9 +508,10 @@ where
                                 // Fragments go on as they come, opcode and FIN intact, so a large
                                 // message is never held whole; the writer masks towards the app.
                                 let out = Frame::new(frame.fin, frame.opcode, None, Payload::Bytes(frame.payload));
-                                if let Err(e) = send(&mut wr, out).await {
-                                    break ctx.write_failed(e);
+                                if let Err(e) = wr.write_frame(out).await {
+                                    break 'pump ctx.write_failed(e);
                                 }
+                                unflushed = true;
                                 traffic.bytes += len;
                                 if fin {
                                     traffic.messages += 1;
@@ -478,22 +527,25 @@ where
                                 let reason = reason.freeze();
                                 ctx.record(code, from.closed_by(), &String::from_utf8_lossy(&reason));
                                 // An empty Close travels on as 1000: 1005 must not be sent.
-                                break Last::Close(code.unwrap_or(close::NORMAL), reason);
+                                break 'pump Last::Close(code.unwrap_or(close::NORMAL), reason);
                             }
+                        }
+                        if meter.drained(consumed) {
+                            break; // park
                         }
                         reading.set(next_frame(rd));
                     }
-                    tick = keepalive.tick() => match tick {
-                        Tick::SendPing => {
-                            ctx.ctl_back.push(Control::Ping);
+                    tick = keepalive.tick() => {
+                        if let Some(last) = ctx.on_tick(tick) {
+                            break 'pump last;
                         }
-                        Tick::TimedOut => {
-                            ctx.record(Some(close::GOING_AWAY), ClosedBy::Gateway, "keep-alive timeout");
-                            let _ = ctx.fin_back.try_send(Fin::Close(close::GOING_AWAY, "keep-alive timeout"));
-                            let (code, reason) = from.failure_close();
-                            break Last::close(code, reason);
+                    }
+                    flushed = wr.flush(), if unflushed => {
+                        if let Err(e) = flushed {
+                            break 'pump ctx.write_failed(e);
                         }
-                    },
+                        unflushed = false;
+                    }
                 }
             }
         };
@@ -504,7 +556,69 @@ where
     }
 }
 
+impl Fin {
+    fn last(self) -> Last {
+        match self {
+            Fin::Close(code, reason) => Last::close(code, reason),
+            Fin::Abandon => Last::Nothing,
+        }
+    }
+}
+
+/// A reader for `from`'s leg: wsgate answers Close and Ping itself (after validation), and the
+/// message cap applies.
+fn configured<R: AsyncRead + Unpin>(
+    mut rd: WebSocketRead<R>,
+    validator: &FrameValidator,
+) -> WebSocketRead<R> {
+    rd.set_auto_close(false);
+    rd.set_auto_pong(false);
+    rd.set_max_message_size(validator.frame_limit());
+    rd
+}
+
+async fn queue_control<W: AsyncWrite + Unpin>(
+    wr: &mut WebSocketWrite<W>,
+    ctl: Control,
+) -> Result<(), WebSocketError> {
+    let frame = match ctl {
+        Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
+        Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
+    };
+    wr.write_frame(frame).await
+}
+
 impl PumpCtx<'_> {
+    fn shutting_down(&self) -> Last {
+        self.record(
+            Some(close::GOING_AWAY),
+            ClosedBy::Gateway,
+            "server shutting down",
+        );
+        Last::close(close::GOING_AWAY, "server shutting down")
+    }
+
+    /// A keep-alive tick on `from`'s leg: a Ping for the other pump to send on it, or the end.
+    fn on_tick(&self, tick: Tick) -> Option<Last> {
+        match tick {
+            Tick::SendPing => {
+                self.ctl_back.push(Control::Ping);
+                None
+            }
+            Tick::TimedOut => {
+                self.record(
+                    Some(close::GOING_AWAY),
+                    ClosedBy::Gateway,
+                    "keep-alive timeout",
+                );
+                self.ctl_back
+                    .finish(Fin::Close(close::GOING_AWAY, "keep-alive timeout"));
+                let (code, reason) = self.from.failure_close();
+                Some(Last::close(code, reason))
+            }
+        }
+    }
+
     fn record(&self, code: Option<u16>, closed_by: ClosedBy, reason: &str) {
         let _ = self.ending.set(Ending {
             code,
@@ -520,7 +634,7 @@ impl PumpCtx<'_> {
             Party::Upstream => "upstream",
         };
         self.record(Some(code), ClosedBy::Gateway, &format!("{who}: {reason}"));
-        let _ = self.fin_back.try_send(Fin::Close(code, reason));
+        self.ctl_back.finish(Fin::Close(code, reason));
         let (code, reason) = self.from.failure_close();
         Last::close(code, reason)
     }
@@ -528,7 +642,7 @@ impl PumpCtx<'_> {
     /// `from`'s connection ended without a Close.
     fn gone(&self, why: String) -> Last {
         self.record(None, self.from.closed_by(), &why);
-        let _ = self.fin_back.try_send(Fin::Abandon);
+        self.ctl_back.finish(Fin::Abandon);
         let (code, reason) = self.from.failure_close();
         Last::close(code, reason)
     }
@@ -538,7 +652,7 @@ impl PumpCtx<'_> {
         let to = self.from.other();
         self.record(None, to.closed_by(), &e.to_string());
         let (code, reason) = to.failure_close();
-        let _ = self.fin_back.try_send(Fin::Close(code, reason));
+        self.ctl_back.finish(Fin::Close(code, reason));
         Last::Nothing
     }
 }

@@ -6,7 +6,7 @@ use std::fmt;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, WebSocketError, WebSocketRead};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::frames::InFrame;
 
@@ -92,14 +92,19 @@ pub async fn close_and_linger<R, W>(
         if w.write_all(bytes).await.is_ok() {
             let _ = w.shutdown().await;
         }
-        let mut sink = [0u8; 2048];
-        while let Ok(n) = raw.read(&mut sink).await {
-            if n == 0 {
-                break;
-            }
-        }
+        discard(raw).await;
     })
     .await;
+}
+
+/// Reads and discards until the peer closes (or fails), with a lent buffer only while bytes
+/// arrive: dropping a socket with unread data makes the kernel answer with RST, which can
+/// destroy a Close frame still on its way to the peer.
+pub async fn discard<R: AsyncRead + Unpin>(r: &mut R) {
+    while let Ok(Some(_)) =
+        std::future::poll_fn(|cx| crate::buffer::poll_read_lent(r, cx, crate::buffer::BUFFER_SIZE))
+            .await
+    {}
 }
 
 /// Why a session was asked to close with 1001.

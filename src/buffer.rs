@@ -1,0 +1,161 @@
+//! I/O buffers lent per read, so an idle connection holds none.
+//!
+//! A read that would block writes nothing into the buffer it was offered, so the buffer can go
+//! straight back to the pool when the read returns `Pending`: a connection only holds one while
+//! bytes are actually in flight (read but not yet written on). Idle tunnels and WebSockets then
+//! cost their sockets and task state, not 16 KiB each. Buffers are pooled per thread (no lock),
+//! and each thread keeps at most [`POOL_MAX`] spare ones, so the pool is bounded by what was in
+//! flight at once, not by how many connections are open.
+
+use std::cell::RefCell;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, ReadBuf};
+
+/// Size of a lent buffer: a syscall's worth, as tokio's own copy uses (8 KiB) and a bit more.
+pub const BUFFER_SIZE: usize = 16 * 1024;
+
+/// Spare buffers a thread keeps (1 MiB at 16 KiB); more are freed when returned.
+const POOL_MAX: usize = 64;
+
+thread_local! {
+    static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A buffer of [`BUFFER_SIZE`] bytes from this thread's pool; back to the pool when dropped.
+pub struct Lent(Option<Box<[u8]>>);
+
+impl Lent {
+    pub fn take() -> Self {
+        let buf = POOL
+            .with(|p| p.borrow_mut().pop())
+            .unwrap_or_else(|| vec![0u8; BUFFER_SIZE].into_boxed_slice());
+        Lent(Some(buf))
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        if let Some(buf) = self.0.take() {
+            // `try_with`: a buffer dropped while the thread's locals are torn down is just freed.
+            let _ = POOL.try_with(|p| {
+                let mut p = p.borrow_mut();
+                if p.len() < POOL_MAX {
+                    p.push(buf);
+                }
+            });
+        }
+    }
+}
+
+impl Deref for Lent {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.0
+            .as_deref()
+            .expect("a Lent holds its buffer until dropped")
+    }
+}
+
+impl DerefMut for Lent {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        self.0
+            .as_deref_mut()
+            .expect("a Lent holds its buffer until dropped")
+    }
+}
+
+/// Bytes read into a lent buffer and not yet consumed: `buf[start..end]`.
+pub struct Filled {
+    pub buf: Lent,
+    pub start: usize,
+    pub end: usize,
+}
+
+impl Filled {
+    pub fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+}
+
+/// Polls one read of at most `limit` bytes into a lent buffer. `Ready(Ok(None))` is end of
+/// stream; on `Pending` the buffer has already gone back to the pool.
+pub fn poll_read_lent<R: AsyncRead + Unpin + ?Sized>(
+    r: &mut R,
+    cx: &mut Context<'_>,
+    limit: usize,
+) -> Poll<io::Result<Option<Filled>>> {
+    let mut buf = Lent::take();
+    let limit = limit.clamp(1, BUFFER_SIZE);
+    let mut rb = ReadBuf::new(&mut buf[..limit]);
+    match Pin::new(r).poll_read(cx, &mut rb) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Ready(Ok(())) => {
+            let n = rb.filled().len();
+            if n == 0 {
+                Poll::Ready(Ok(None))
+            } else {
+                Poll::Ready(Ok(Some(Filled {
+                    buf,
+                    start: 0,
+                    end: n,
+                })))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returned_buffers_are_reused_and_the_pool_is_bounded() {
+        let first = Lent::take();
+        let ptr = first.as_ptr();
+        drop(first);
+        let again = Lent::take();
+        assert_eq!(again.as_ptr(), ptr, "the returned buffer is lent again");
+        drop(again);
+        let many: Vec<Lent> = (0..POOL_MAX + 10).map(|_| Lent::take()).collect();
+        drop(many);
+        assert_eq!(POOL.with(|p| p.borrow().len()), POOL_MAX);
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_that_would_block_holds_no_buffer() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        POOL.with(|p| p.borrow_mut().clear());
+        let polled =
+            std::future::poll_fn(|cx| Poll::Ready(poll_read_lent(&mut a, cx, BUFFER_SIZE))).await;
+        assert!(polled.is_pending());
+        assert_eq!(POOL.with(|p| p.borrow().len()), 1, "the buffer went back");
+        tokio::io::AsyncWriteExt::write_all(&mut b, b"hello")
+            .await
+            .unwrap();
+        let filled = std::future::poll_fn(|cx| poll_read_lent(&mut a, cx, BUFFER_SIZE))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(filled.bytes(), b"hello");
+        assert_eq!(
+            POOL.with(|p| p.borrow().len()),
+            0,
+            "lent while data is held"
+        );
+        drop(b);
+        drop(filled);
+        let eof = std::future::poll_fn(|cx| poll_read_lent(&mut a, cx, BUFFER_SIZE))
+            .await
+            .unwrap();
+        assert!(eof.is_none());
+    }
+}
