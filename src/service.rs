@@ -241,11 +241,12 @@ pub fn spawn_session<F, Fut>(
                     return;
                 }
             };
-            let path = snapshot.config.routes[index].path.clone();
-            let _open = metrics.session_open(&path, mode);
+            let kept = snapshot.clone();
+            let path = &kept.config.routes[index].path;
+            let _open = metrics.session_open(path, mode);
             let started = std::time::Instant::now();
             let end = run(TokioIo::new(upgraded), snapshot, closing).await;
-            metrics.session_ended(&path, mode, &end, started.elapsed());
+            metrics.session_ended(path, mode, &end, started.elapsed());
             info!(
                 target: "wsgate::access",
                 duration_ms = started.elapsed().as_millis() as u64,

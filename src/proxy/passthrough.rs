@@ -2,6 +2,7 @@
 //! checks the app's answer and then copies bytes. It cannot see frames, so it never sends a
 //! Close: ending a tunnel means closing its TCP connections.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -15,7 +16,6 @@ use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::buffer::{poll_read_lent, Filled, BUFFER_SIZE};
@@ -27,7 +27,7 @@ use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
 use crate::ws::handshake::accept_key;
-use crate::ws::session::{with_close_token, ClosedBy, SessionEnd};
+use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
 
 /// Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the body framing
 /// of a request that has none here.
@@ -146,12 +146,9 @@ pub async fn handle(
         Some(url),
         admitted,
         on_client_upgrade,
-        move |client, snapshot, closing| async move {
+        move |client, snapshot, mut closing| async move {
             let linger = snapshot.config.routes[index].ws.close_timeout;
-            let end = with_close_token(closing, |token| async move {
-                tunnel(client, TokioIo::new(upstream_io), linger, &token).await
-            })
-            .await;
+            let end = tunnel(client, TokioIo::new(upstream_io), linger, &mut closing).await;
             drop(lease);
             // Raw bytes: no messages or close codes are seen, only the bytes each way.
             let mut summary = SessionEnd::new(end.closed_by, None, end.reason);
@@ -224,7 +221,7 @@ pub struct TunnelEnd {
 
 /// Copies bytes both ways. When one side finishes sending, the other's write half is shut down
 /// and the remaining direction gets `linger` to finish too, so a peer that never closes cannot
-/// hold the pair; `closing` drops both at once.
+/// hold the pair; `closing` resolving drops both at once.
 ///
 /// Both directions are polled from this one future with plain `&mut` access to both streams (no
 /// split, so no lock per read), and each holds a buffer only while it has bytes in flight: an
@@ -233,7 +230,7 @@ pub async fn tunnel<C, U>(
     mut client: C,
     mut upstream: U,
     linger: Duration,
-    closing: &CancellationToken,
+    closing: &mut (impl Future<Output = CloseRequest> + Unpin),
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
@@ -242,7 +239,7 @@ where
     let mut up = Direction::default(); // client to upstream
     let mut down = Direction::default(); // upstream to client
     let first = tokio::select! {
-        _ = closing.cancelled() => None,
+        _ = &mut *closing => None,
         r = std::future::poll_fn(|cx| {
             if let Poll::Ready(end) = up.poll(cx, &mut client, &mut upstream) {
                 return Poll::Ready((true, end));
@@ -268,9 +265,12 @@ where
                     up.poll(cx, &mut client, &mut upstream)
                 }
             });
+            // Boxed: a timer only ending tunnels need should not sit in every idle one.
+            let deadline = Box::pin(tokio::time::sleep(linger));
             tokio::select! {
-                _ = closing.cancelled() => {}
-                _ = tokio::time::timeout(linger, rest) => {}
+                _ = &mut *closing => {}
+                _ = deadline => {}
+                _ = rest => {}
             }
             verdict
         }
