@@ -15,11 +15,12 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Size of a lent buffer: a syscall's worth, as tokio's own copy uses (8 KiB) and a bit more.
-pub const BUFFER_SIZE: usize = 16 * 1024;
+/// Size of a lent buffer: 64 KiB, so bulk transfers move in few syscalls (HAProxy's large
+/// `tune.bufsize`); it costs nothing while idle, since buffers are only lent while in flight.
+pub const BUFFER_SIZE: usize = 64 * 1024;
 
-/// Spare buffers a thread keeps (1 MiB at 16 KiB); more are freed when returned.
-const POOL_MAX: usize = 64;
+/// Spare buffers a thread keeps (2 MiB at 64 KiB); more are freed when returned.
+const POOL_MAX: usize = 32;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };
