@@ -27,6 +27,7 @@ use tracing::{debug, warn};
 use crate::config::{Balance, Route, Upstream};
 use crate::error::{Error, UpstreamError};
 use crate::service::{text, Body, BoxError, ConnContext};
+use super::strip_hop_by_hop;
 use crate::upstream::{self, connect, Lease, STICKY_COOKIE};
 
 /// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers
@@ -36,20 +37,6 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Idle connections kept per upstream: enough for bursts, not so many that a spike leaves
 /// hundreds of sockets open on the app for the whole idle timeout.
 const POOL_MAX_IDLE_PER_HOST: usize = 64;
-
-/// Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): they describe one
-/// connection, so they never cross the proxy in either direction.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
 
 type Connector = HttpsConnector<HttpConnector>;
 
@@ -231,23 +218,6 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, http::Error> {
         upstream.port, upstream.base_path
     );
     Ok(Uri::try_from(full)?)
-}
-
-/// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
 }
 
 /// X-Forwarded-For (appended to), X-Forwarded-Proto and -Host (ours: a client could forge

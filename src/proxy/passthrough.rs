@@ -18,6 +18,7 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
+use super::strip_hop_by_hop;
 use crate::buffer::{poll_read_lent, Filled, BUFFER_SIZE};
 use crate::error::UpstreamError;
 use crate::service::{
@@ -28,20 +29,6 @@ use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwa
 use crate::upstream::sticky_cookie;
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
-
-/// Headers that describe one connection, not the request (RFC 9110 7.6.1), plus the body framing
-/// of a request that has none here.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// The app's headers a 101 carries back: what the client's WebSocket needs, and cookies.
 static UPGRADE_ANSWER: [HeaderName; 4] = [
@@ -194,19 +181,6 @@ fn relayed_refusal(resp: Response<Incoming>) -> Response<Body> {
     strip_hop_by_hop(&mut parts.headers);
     let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
     with_close(Response::from_parts(parts, body))
-}
-
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for name in HOP_BY_HOP.iter().chain(&named) {
-        headers.remove(name);
-    }
 }
 
 /// How a tunnel ended, for the summary.

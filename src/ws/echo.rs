@@ -5,14 +5,14 @@ use std::future::Future;
 use std::pin::pin;
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{close_and_linger, next_frame, CloseRequest, ClosedBy, SessionEnd};
+use super::session::{close_and_linger, next_frame, configure_reader, CloseRequest, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
 use crate::limits::TokenBucket;
 
@@ -83,7 +83,7 @@ where
         // Reading: one reader, until its buffer holds nothing more.
         let (rd, _) =
             fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
-        let mut reading = pin!(next_frame(configured(rd, &validator)));
+        let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
         loop {
             tokio::select! {
                 biased;
@@ -181,17 +181,6 @@ where
     stats
 }
 
-/// A reader for the client leg, with wsgate's own answers to Close and Ping (it sends them
-/// itself, after validation) and the message cap.
-fn configured<R: AsyncRead + Unpin>(
-    mut rd: WebSocketRead<R>,
-    validator: &FrameValidator,
-) -> WebSocketRead<R> {
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    rd.set_max_message_size(validator.frame_limit());
-    rd
-}
 
 async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut WebSocketWrite<W>) -> Option<Ending> {
     match tick {

@@ -18,7 +18,7 @@ use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketRead, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -31,7 +31,7 @@ use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFa
 use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{discard, next_frame, ClosedBy, SessionEnd};
+use super::session::{discard, next_frame, configure_reader, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -471,7 +471,7 @@ where
             // cancel-safe, so one stays in flight until a frame comes back.
             let (rd, _) =
                 fastwebsockets::after_handshake_split(&mut *reader, tokio::io::sink(), from.role());
-            let mut reading = pin!(next_frame(configured(rd, &validator)));
+            let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
             loop {
                 tokio::select! {
                     biased;
@@ -565,17 +565,6 @@ impl Fin {
     }
 }
 
-/// A reader for `from`'s leg: wsgate answers Close and Ping itself (after validation), and the
-/// message cap applies.
-fn configured<R: AsyncRead + Unpin>(
-    mut rd: WebSocketRead<R>,
-    validator: &FrameValidator,
-) -> WebSocketRead<R> {
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    rd.set_max_message_size(validator.frame_limit());
-    rd
-}
 
 async fn queue_control<W: AsyncWrite + Unpin>(
     wr: &mut WebSocketWrite<W>,

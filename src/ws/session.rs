@@ -8,7 +8,7 @@ use std::time::Duration;
 use fastwebsockets::{Frame, WebSocketError, WebSocketRead};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::frames::InFrame;
+use super::frames::{FrameValidator, InFrame};
 
 /// Reads one frame. The reader is moved in and handed back so the future can live across
 /// `select!` iterations: fastwebsockets' `read_frame` is not cancel-safe (a frame header it has
@@ -24,6 +24,18 @@ pub async fn next_frame<R: AsyncRead + Unpin>(
         .await
         .map(InFrame::from_frame);
     (rd, res)
+}
+
+/// Sets up a reader for a session: wsgate answers Close and Ping itself, after validation, and
+/// fastwebsockets refuses a frame header announcing more than a whole message may hold.
+pub fn configure_reader<R: AsyncRead + Unpin>(
+    mut rd: WebSocketRead<R>,
+    validator: &FrameValidator,
+) -> WebSocketRead<R> {
+    rd.set_auto_close(false);
+    rd.set_auto_pong(false);
+    rd.set_max_message_size(validator.frame_limit());
+    rd
 }
 
 /// Who ended a session, for logs and metrics.
