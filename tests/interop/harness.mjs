@@ -201,3 +201,28 @@ export class Events {
     return within(timeoutMs, new Promise((resolve) => this.waiters.push({ pred, resolve })), what);
   }
 }
+
+// A queue of one socket's incoming messages and its close event: next() resolves with the next
+// message ({ data, isBinary }, or null once closed), closed() with { code, reason }; each gives
+// up after 10 s. Socket errors are seen as the close code (1006), not thrown.
+export function inbox(ws) {
+  const messages = [];
+  const waiters = [];
+  let closed = null;
+  const closeWaiters = [];
+  ws.on('message', (data, isBinary) => {
+    const m = { data, isBinary };
+    if (waiters.length) waiters.shift()(m);
+    else messages.push(m);
+  });
+  ws.on('error', () => {}); // seen as the close code (1006)
+  ws.on('close', (code, reason) => {
+    closed = { code, reason: reason.toString() };
+    for (const w of closeWaiters.splice(0)) w(closed);
+    for (const w of waiters.splice(0)) w(null);
+  });
+  return {
+    next: () => within(10_000, messages.length ? Promise.resolve(messages.shift()) : closed ? Promise.resolve(null) : new Promise((r) => waiters.push(r)), 'a message'),
+    closed: () => within(10_000, closed ? Promise.resolve(closed) : new Promise((r) => closeWaiters.push(r)), 'the close'),
+  };
+}

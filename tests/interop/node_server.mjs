@@ -13,7 +13,7 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
-import { assertEqual, check, Events, fail, startNode, startWsgate, summary, within } from './harness.mjs';
+import { assertEqual, check, Events, fail, inbox, startNode, startWsgate, summary, within } from './harness.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const { values: args } = parseArgs({ options: { wsgate: { type: 'string' }, out: { type: 'string' } } });
@@ -76,28 +76,6 @@ function open(path, { id = nextId(), query = '', protocols, ...options } = {}) {
   });
 }
 
-// Incoming messages and the close event of one socket.
-function inbox(ws) {
-  const messages = [];
-  const waiters = [];
-  let closed = null;
-  const closeWaiters = [];
-  ws.on('message', (data, isBinary) => {
-    const m = { data, isBinary };
-    if (waiters.length) waiters.shift()(m);
-    else messages.push(m);
-  });
-  ws.on('error', () => {}); // seen as the close code (1006)
-  ws.on('close', (code, reason) => {
-    closed = { code, reason: reason.toString() };
-    for (const w of closeWaiters.splice(0)) w(closed);
-    for (const w of waiters.splice(0)) w(null);
-  });
-  return {
-    next: () => within(10_000, messages.length ? Promise.resolve(messages.shift()) : closed ? Promise.resolve(null) : new Promise((r) => waiters.push(r)), 'a message'),
-    closed: () => within(10_000, closed ? Promise.resolve(closed) : new Promise((r) => closeWaiters.push(r)), 'the close'),
-  };
-}
 
 const upEvent = (u, ev, id, what) => u.events.wait((e) => e.ev === ev && e.id === id, `${what} (upstream event ${ev} of ${id})`);
 

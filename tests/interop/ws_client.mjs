@@ -9,6 +9,7 @@ import { readFileSync } from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { parseArgs } from 'node:util';
 import WebSocket from 'ws';
+import { inbox } from './harness.mjs';
 
 const { values: args } = parseArgs({
   options: {
@@ -61,27 +62,6 @@ function open(url, { protocols, skip501 = false, ...options } = {}) {
   });
 }
 
-// A queue of incoming messages and the close event of one socket.
-function inbox(ws) {
-  const messages = [];
-  const waiters = [];
-  let closed = null;
-  const closeWaiters = [];
-  ws.on('message', (data, isBinary) => {
-    const m = { data, isBinary };
-    if (waiters.length) waiters.shift()(m);
-    else messages.push(m);
-  });
-  ws.on('close', (code, reason) => {
-    closed = { code, reason: reason.toString() };
-    for (const w of closeWaiters.splice(0)) w(closed);
-    for (const w of waiters.splice(0)) w(null);
-  });
-  return {
-    next: () => (messages.length ? Promise.resolve(messages.shift()) : closed ? Promise.resolve(null) : new Promise((r) => waiters.push(r))),
-    closed: () => (closed ? Promise.resolve(closed) : new Promise((r) => closeWaiters.push(r))),
-  };
-}
 
 async function echo(url, { skip501 = false } = {}) {
   const ws = await open(url, { skip501 });
