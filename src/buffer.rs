@@ -3,7 +3,7 @@
 //! A read that would block writes nothing into the buffer it was offered, so the buffer can go
 //! straight back to the pool when the read returns `Pending`: a connection only holds one while
 //! bytes are actually in flight (read but not yet written on). Idle tunnels and WebSockets then
-//! cost their sockets and task state, not 16 KiB each. Buffers are pooled per thread (no lock),
+//! cost their sockets and task state, not a buffer each. Buffers are pooled per thread (no lock),
 //! and each thread keeps at most [`POOL_MAX`] spare ones, so the pool is bounded by what was in
 //! flight at once, not by how many connections are open.
 
@@ -15,12 +15,13 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, ReadBuf};
 
-/// Size of a lent buffer: 64 KiB, so bulk transfers move in few syscalls (HAProxy's large
-/// `tune.bufsize`); it costs nothing while idle, since buffers are only lent while in flight.
-pub const BUFFER_SIZE: usize = 64 * 1024;
+/// Size of a lent buffer: 256 KiB, so bulk transfers move in few syscalls (measured on a 1 MiB
+/// passthrough echo: 35% more messages per second than with 64 KiB, and no gain from 1 MiB).
+/// It costs nothing while idle, since buffers are only lent while bytes are in flight.
+pub const BUFFER_SIZE: usize = 256 * 1024;
 
-/// Spare buffers a thread keeps (2 MiB at 64 KiB); more are freed when returned.
-const POOL_MAX: usize = 32;
+/// Spare buffers a thread keeps (4 MiB); more are freed when returned.
+const POOL_MAX: usize = 16;
 
 thread_local! {
     static POOL: RefCell<Vec<Box<[u8]>>> = const { RefCell::new(Vec::new()) };

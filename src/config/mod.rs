@@ -175,7 +175,8 @@ pub struct WsOptions {
     pub keep_alive_interval: Duration,
     /// `keep_alive_timeout`: no frame from the peer this long after a ping closes it; zero disables.
     pub keep_alive_timeout: Duration,
-    /// `receive_buffer_size` (ASP.NET Core ReceiveBufferSize): the most read from the socket at once.
+    /// `receive_buffer_size` (ASP.NET Core ReceiveBufferSize): the most read from the socket at once
+    /// while waiting for a message; the rest of a larger frame goes straight into its own room.
     pub receive_buffer_size: usize,
     /// `max_message_size`: reassembled message limit; beyond it close 1009.
     pub max_message_size: usize,

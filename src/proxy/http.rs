@@ -14,7 +14,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -24,10 +24,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
+use super::strip_hop_by_hop;
 use crate::config::{Balance, Route, Upstream};
 use crate::error::{Error, UpstreamError};
 use crate::service::{text, Body, BoxError, ConnContext};
-use super::strip_hop_by_hop;
 use crate::upstream::{self, connect, Lease, STICKY_COOKIE};
 
 /// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers

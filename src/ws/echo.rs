@@ -12,7 +12,9 @@ use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{close_and_linger, next_frame, configure_reader, CloseRequest, ClosedBy, SessionEnd};
+use super::session::{
+    close_and_linger, configure_reader, next_frame, CloseRequest, ClosedBy, SessionEnd,
+};
 use crate::config::WsOptions;
 use crate::limits::TokenBucket;
 
@@ -180,7 +182,6 @@ where
     stats.reason = String::from_utf8_lossy(&reason).into_owned();
     stats
 }
-
 
 async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut WebSocketWrite<W>) -> Option<Ending> {
     match tick {

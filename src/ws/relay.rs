@@ -31,7 +31,7 @@ use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFa
 use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{discard, next_frame, configure_reader, ClosedBy, SessionEnd};
+use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -564,7 +564,6 @@ impl Fin {
         }
     }
 }
-
 
 async fn queue_control<W: AsyncWrite + Unpin>(
     wr: &mut WebSocketWrite<W>,
