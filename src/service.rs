@@ -59,7 +59,7 @@ pub async fn handle(
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
-        duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+        duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         "request"
     );
     Ok(resp)
