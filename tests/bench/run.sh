@@ -42,8 +42,8 @@ LAT_ROUNDS=${LAT_ROUNDS:-3}
 LAT1_RATE=${LAT1_RATE:-1000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_CONNS=${LAT_CONNS:-10}
-# What the wsgate configs set (recorded in the report): 2 MiB so 1 MiB messages fit; 64 KiB reads
-# so a 1 MiB message is 16 reads instead of 256 (nginx-64k and haproxy-64k get the same size).
+# What the wsgate configs set (recorded in the report): 2 MiB so 1 MiB messages fit; 64 KiB for the
+# read that waits for a message (nginx-64k and haproxy-64k get the same buffer size).
 WSGATE_MAX_MESSAGE=${WSGATE_MAX_MESSAGE:-2MiB}
 WSGATE_RECEIVE_BUFFER=${WSGATE_RECEIVE_BUFFER:-64KiB}
 if [[ ${QUICK:-0} == 1 ]]; then
