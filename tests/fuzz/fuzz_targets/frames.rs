@@ -1,9 +1,10 @@
 //! The client byte stream of an echo session, read exactly the way `wsgate::ws::echo` reads it:
-//! fastwebsockets' split reader (server role, auto-close and auto-pong off, the validator's
-//! frame limit) over wsgate's `CappedRead`, one `next_frame` at a time, every frame through a
+//! parked on wsgate's `LegRead` until bytes come, then fastwebsockets' split reader (server
+//! role, auto-close and auto-pong off, the validator's frame limit) one `next_frame` at a time
+//! until the byte count says its buffer is empty, then parked again; every frame through a
 //! client-side `FrameValidator`, read errors through `classify_read_error`. The cap on a
-//! message is 1024 bytes; the receive buffer is 1, 3, 64 or 4096 bytes (by input length) so
-//! headers and payloads also arrive split across reads.
+//! message is 1024 bytes; the bytes arrive 1, 3, 64 or 4096 at a time (by input length), as
+//! does the parked read, so headers and payloads also arrive split across reads and parks.
 //!
 //! Invariants, on every frame the validator accepts: never panics; the frame was masked;
 //! control frames are final and at most 125 bytes; a Close has a valid code (or none) and a
@@ -12,15 +13,20 @@
 //! valid UTF-8 once it completes, and no fragment is accepted after invalid UTF-8 was seen
 //! (only an unfinished code point may be pending). Refusals carry 1002, 1007 or 1009, and a
 //! 1009 from the validator only for a message really over the cap. Reading stops at the first
-//! refusal or Close, as a session does.
+//! refusal or Close, as a session does. Parking loses nothing: the frames read add up, byte
+//! for byte, to the input consumed.
 #![no_main]
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use fastwebsockets::{OpCode, Role};
 use libfuzzer_sys::fuzz_target;
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::runtime::{Builder, Runtime};
 use wsgate::ws::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
-use wsgate::ws::io::CappedRead;
-use wsgate::ws::session::next_frame;
+use wsgate::ws::io::{wire_len, LegRead};
+use wsgate::ws::session::{configure_reader, next_frame};
 
 const CAP: usize = 1024;
 
@@ -50,17 +56,60 @@ fn refusal_code(code: u16) {
     );
 }
 
-async fn session(data: &[u8]) {
-    let receive_buffer = [1, 3, 64, 4096][data.len() % 4];
-    let mut raw = CappedRead::new(data, receive_buffer);
-    let mut sink = tokio::io::sink();
-    let mut validator = FrameValidator::new(Peer::Client, CAP);
-    let (mut rd, _wr) = fastwebsockets::after_handshake_split(&mut raw, &mut sink, Role::Server);
-    rd.set_auto_close(false);
-    rd.set_auto_pong(false);
-    rd.set_max_message_size(validator.frame_limit());
+/// The client's bytes, at most `chunk` per read, as a slow network would deliver them.
+struct Trickle<'a> {
+    data: &'a [u8],
+    chunk: usize,
+}
 
+impl AsyncRead for Trickle<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let n = self.chunk.min(self.data.len()).min(buf.remaining());
+        buf.put_slice(&self.data[..n]);
+        self.data = &self.data[n..];
+        Poll::Ready(Ok(()))
+    }
+}
+
+async fn session(data: &[u8]) {
+    let chunk = [1, 3, 64, 4096][data.len() % 4];
+    let mut raw = LegRead::new(Trickle { data, chunk }, chunk);
+    let meter = raw.meter();
+    let mut validator = FrameValidator::new(Peer::Client, CAP);
+    let mut consumed = 0u64;
     let mut message: Option<Message> = None;
+    'parked: loop {
+        match raw.wait_for_data().await {
+            Ok(true) => {}
+            _ => {
+                assert_eq!(consumed, data.len() as u64, "bytes lost between frames");
+                return;
+            }
+        }
+        let (rd, _) =
+            fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
+        let rd = configure_reader(rd, &validator);
+        if let Some(outcome) = frames(rd, &mut validator, &mut message, &meter, &mut consumed).await
+        {
+            return outcome;
+        }
+        continue 'parked;
+    }
+}
+
+/// Reads frames from one reader until a refusal or Close (`Some`) or until its buffer is
+/// empty (`None`: park).
+async fn frames<R: AsyncRead + Unpin>(
+    mut rd: fastwebsockets::WebSocketRead<R>,
+    validator: &mut FrameValidator,
+    message: &mut Option<Message>,
+    meter: &wsgate::ws::io::Meter,
+    consumed: &mut u64,
+) -> Option<()> {
     loop {
         let (back, res) = next_frame(rd).await;
         rd = back;
@@ -70,16 +119,17 @@ async fn session(data: &[u8]) {
                 if let ReadFailure::Violation(v) = classify_read_error(e) {
                     refusal_code(v.code);
                 }
-                return;
+                return Some(());
             }
         };
+        *consumed += wire_len(&frame);
         let len = frame.payload.len();
         let kind = match validator.check(&frame) {
             Ok(kind) => kind,
             Err(v) => {
                 refusal_code(v.code);
                 if v.code == 1009 {
-                    let so_far = match (&message, frame.opcode) {
+                    let so_far = match (message.as_ref(), frame.opcode) {
                         (Some(m), OpCode::Continuation) => m.len,
                         _ => 0,
                     };
@@ -89,7 +139,7 @@ async fn session(data: &[u8]) {
                         so_far + len
                     );
                 }
-                return;
+                return Some(());
             }
         };
         assert!(
@@ -123,7 +173,7 @@ async fn session(data: &[u8]) {
                             );
                         }
                     }
-                    return;
+                    return Some(());
                 }
             }
             FrameKind::Data { opcode, fin } => {
@@ -173,9 +223,12 @@ async fn session(data: &[u8]) {
                     }
                 }
                 if fin {
-                    message = None;
+                    *message = None;
                 }
             }
+        }
+        if meter.drained(*consumed) {
+            return None;
         }
     }
 }
