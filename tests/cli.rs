@@ -37,6 +37,19 @@ fn wsgate() -> Command {
     c
 }
 
+/// The gateway on `config` with info logs on a piped stderr, killed when dropped.
+fn spawn_logging(config: &std::path::Path, extra_env: &[(&str, &std::ffi::OsStr)]) -> Child {
+    let mut cmd = wsgate();
+    cmd.arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped());
+    for (k, v) in extra_env {
+        cmd.env(k, v);
+    }
+    Child(cmd.spawn().unwrap())
+}
+
 #[test]
 fn check_accepts_a_good_file_and_the_embedded_default() {
     let dir = TempDir::new("cli-good");
@@ -118,15 +131,7 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
         "listen:\n  - address: 127.0.0.1:0\nshutdown_grace: 5s\nroutes:\n  - path: /ws\n    websocket: echo\n",
     )
     .unwrap();
-    let mut child = Child(
-        wsgate()
-            .arg("--config")
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_logging(&file, &[]);
     // The gateway logs the address it bound; read it rather than guess a port.
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let addr = loop {
@@ -173,16 +178,7 @@ fn sighup_reloads_and_systemd_is_notified() {
             .expect("a notification within the wait");
         String::from_utf8_lossy(&buf[..n]).into_owned()
     };
-    let mut child = Child(
-        wsgate()
-            .arg("--config")
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .env("NOTIFY_SOCKET", &notify_path)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_logging(&file, &[("NOTIFY_SOCKET", notify_path.as_ref())]);
     assert_eq!(recv(), "READY=1");
     let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
     let mut wait_for = |needle: &str| loop {
@@ -271,15 +267,7 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     let file = dir.path().join("access.yaml");
     let one = "listen:\n  - address: 127.0.0.1:0\nlog_format: json\nroutes:\n  - path: /ws\n    websocket: echo\n";
     std::fs::write(&file, one).unwrap();
-    let mut child = Child(
-        wsgate()
-            .arg("--config")
-            .arg(&file)
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let mut child = spawn_logging(&file, &[]);
     // Every stderr line goes through a channel so the test can wait for a given one.
     let (tx, rx) = mpsc::channel::<String>();
     let stderr = child.stderr.take().unwrap();

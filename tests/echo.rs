@@ -151,19 +151,7 @@ async fn oversized_frames_and_messages_close_with_1009() {
     // An 8 MiB message in 64 KiB fragments: refused once the total passes 1 MiB.
     let mut s = raw_ws(gw.addr(), "/ws").await;
     let (mut rd, mut wr) = s.split();
-    let writer = async {
-        let chunk = vec![b'a'; 64 * 1024];
-        for i in 0..128 {
-            let op = if i == 0 { 1 } else { 0 };
-            if wr
-                .write_all(&frame(i == 127, op, MASK, &chunk))
-                .await
-                .is_err()
-            {
-                break;
-            }
-        }
-    };
+    let writer = send_fragmented(&mut wr, 128, 64 * 1024);
     let reader = async {
         let mut h = [0u8; 4];
         rd.read_exact(&mut h).await.unwrap();

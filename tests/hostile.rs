@@ -89,19 +89,7 @@ async fn an_8_mib_message_in_fragments_keeps_memory_bounded() {
         clients.push(tokio::spawn(async move {
             let mut s = raw_ws(addr, "/ws").await;
             let (mut rd, mut wr) = s.split();
-            let writer = async {
-                let chunk = vec![b'a'; 64 * 1024];
-                for i in 0..128 {
-                    let op = if i == 0 { 1 } else { 0 };
-                    if wr
-                        .write_all(&frame(i == 127, op, MASK, &chunk))
-                        .await
-                        .is_err()
-                    {
-                        break;
-                    }
-                }
-            };
+            let writer = send_fragmented(&mut wr, 128, 64 * 1024);
             let reader = async {
                 let mut h = [0u8; 4];
                 rd.read_exact(&mut h).await.unwrap();

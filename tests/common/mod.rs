@@ -284,6 +284,22 @@ pub fn frame(fin: bool, opcode: u8, mask: Option<[u8; 4]>, payload: &[u8]) -> Ve
 
 pub const MASK: Option<[u8; 4]> = Some([1, 2, 3, 4]);
 
+/// Sends one text message of `fragments` masked fragments of `size` bytes each, stopping
+/// quietly once the gateway stops reading (it refused the message and closed).
+pub async fn send_fragmented<W: AsyncWriteExt + Unpin>(wr: &mut W, fragments: usize, size: usize) {
+    let chunk = vec![b'a'; size];
+    for i in 0..fragments {
+        let op = if i == 0 { 1 } else { 0 };
+        if wr
+            .write_all(&frame(i + 1 == fragments, op, MASK, &chunk))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
 /// Reads one server frame (unmasked) from a raw socket: (fin, opcode, payload).
 pub async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
     tokio::time::timeout(WAIT, async {

@@ -89,10 +89,10 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         let hl = client::client_header_len(args.size);
 
         let start = monotonic_ns() + 10_000_000;
-        record_from.set(start + args.warmup.as_nanos() as u64);
-        let end = start + (args.warmup + args.duration).as_nanos() as u64;
+        record_from.set(start + args.window.warmup.as_nanos() as u64);
+        let end = start + (args.window.warmup + args.window.duration).as_nanos() as u64;
         let timer = Timer::new(start, period_ns)?;
-        let cpu = crate::procfs::CpuWatch::start(&args.cpu_pids, &args.aux_cpu_pids)?;
+        let cpu = crate::procfs::CpuWatch::start(&args.window.cpu_pids, &args.window.aux_cpu_pids)?;
         // How late the sender itself was (timer wake-up, blocked writes): part of every
         // latency figure, reported so it can be told apart from the target's share.
         let mut lag =
@@ -133,7 +133,7 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         let measured_s = (end - record_from.get()) as f64 / 1e9;
         let mut out = serde_json::json!({
             "mode": "latency",
-            "label": args.label,
+            "label": args.window.label,
             "url": args.url,
             "connections": args.connections,
             "size": args.size,

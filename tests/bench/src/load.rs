@@ -108,11 +108,11 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         }
 
         let started = Instant::now();
-        tokio::time::sleep(args.warmup).await;
+        tokio::time::sleep(args.window.warmup).await;
         let (m0, b0) = (counters.msgs.get(), counters.bytes.get());
-        let cpu = procfs::CpuWatch::start(&args.cpu_pids, &args.aux_cpu_pids)?;
+        let cpu = procfs::CpuWatch::start(&args.window.cpu_pids, &args.window.aux_cpu_pids)?;
         let t0 = Instant::now();
-        tokio::time::sleep(args.duration).await;
+        tokio::time::sleep(args.window.duration).await;
         let (m1, b1) = (counters.msgs.get(), counters.bytes.get());
         let window = t0.elapsed().as_secs_f64();
         let cpu = cpu.stop(window)?;
@@ -128,12 +128,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         let bytes = b1 - b0;
         let mut out = serde_json::json!({
             "mode": "load",
-            "label": args.label,
+            "label": args.window.label,
             "url": args.url,
             "connections": args.connections,
             "size": args.size,
             "in_flight": args.in_flight,
-            "warmup_s": args.warmup.as_secs_f64(),
+            "warmup_s": args.window.warmup.as_secs_f64(),
             "window_s": window,
             "msgs": msgs,
             "msgs_per_s": msgs as f64 / window,
@@ -143,7 +143,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
         });
         cpu.fill(&mut out);
         let target_cpu = cpu.target;
-        if !args.cpu_pids.is_empty() {
+        if !args.window.cpu_pids.is_empty() {
             out["target_cpu_us_per_msg"] = if msgs > 0 {
                 serde_json::json!(target_cpu * 1e6 / msgs as f64)
             } else {

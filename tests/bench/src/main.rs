@@ -81,6 +81,13 @@ pub struct LoadArgs {
     /// Messages outstanding per connection (closed loop: a new one is sent per echo received).
     #[arg(long, default_value_t = 8)]
     pub in_flight: usize,
+    #[command(flatten)]
+    pub window: Window,
+}
+
+/// The measured window and what is reported with it, shared by `load` and `latency`.
+#[derive(Args, Clone)]
+pub struct Window {
     #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
     pub duration: Duration,
     #[arg(long, value_parser = units::parse_duration, default_value = "1s")]
@@ -109,18 +116,8 @@ pub struct LatencyArgs {
     pub size: usize,
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
-    #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
-    pub duration: Duration,
-    #[arg(long, value_parser = units::parse_duration, default_value = "1s")]
-    pub warmup: Duration,
-    /// Report these processes' CPU use over the measured window (repeat to sum).
-    #[arg(long = "cpu-pid")]
-    pub cpu_pids: Vec<u32>,
-    /// Processes reported apart as `aux_cpu_util`.
-    #[arg(long = "aux-cpu-pid")]
-    pub aux_cpu_pids: Vec<u32>,
-    #[arg(long, default_value = "")]
-    pub label: String,
+    #[command(flatten)]
+    pub window: Window,
 }
 
 #[derive(Args, Clone)]
