@@ -20,6 +20,16 @@ use tokio::io::{AsyncRead, ReadBuf};
 /// It costs nothing while idle, since buffers are only lent while bytes are in flight.
 pub const BUFFER_SIZE: usize = 256 * 1024;
 
+/// How much a tunnel reads (and so writes) at once: just under 64 KiB, as HAProxy does with
+/// 64 KiB buffers (65,472 bytes). Measured on a 1 MiB passthrough echo over loopback, in CPU per
+/// message: 610 us at this size, 1,050 us at exactly 64 KiB and 800 to 880 us at 256 KiB.
+/// - Loopback's MSS is 65,483 (MTU 65,536), so a 64 KiB write goes out as a full segment plus
+///   a 53-byte one: twice the packets for both TCP stacks to handle.
+/// - Chunks this size stay in the CPU's L2 cache between the copy in and the copy out.
+///
+/// The buffer lent for the read is still a [`BUFFER_SIZE`] one; only the read is shorter.
+pub const COPY_CHUNK: usize = 64 * 1024 - 64;
+
 /// Spare buffers a thread keeps (4 MiB); more are freed when returned.
 const POOL_MAX: usize = 16;
 

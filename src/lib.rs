@@ -21,6 +21,7 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms per server.
 //! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
 //! - [`page`]: the embedded sample page.
+//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token).
 
 #![forbid(unsafe_code)]
 
@@ -42,6 +43,7 @@ pub mod service;
 pub mod shutdown;
 pub mod tls;
 pub mod upstream;
+pub mod wake;
 pub mod ws;
 
 pub use error::Error;

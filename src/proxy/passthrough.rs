@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
 use super::strip_hop_by_hop;
-use crate::buffer::{poll_read_lent, Filled, BUFFER_SIZE};
+use crate::buffer::{poll_read_lent, Filled, COPY_CHUNK};
 use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
@@ -27,6 +27,7 @@ use crate::service::{
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
+use crate::wake::Filtered;
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
 
@@ -133,8 +134,11 @@ pub async fn handle(
         Some(url),
         admitted,
         on_client_upgrade,
-        move |client, snapshot, mut closing| async move {
+        move |client, snapshot, closing| async move {
             let linger = snapshot.config.routes[index].ws.close_timeout;
+            // Polled on every wake of the tunnel: filtered, as the route's token takes two
+            // locks per poll.
+            let mut closing = Filtered::new(closing);
             let end = tunnel(client, TokioIo::new(upstream_io), linger, &mut closing).await;
             drop(lease);
             // Raw bytes: no messages or close codes are seen, only the bytes each way.
@@ -306,7 +310,7 @@ impl Direction {
                 self.pending = None; // the buffer goes back to the pool
                 self.unflushed = true;
             }
-            match poll_read_lent(r, cx, BUFFER_SIZE) {
+            match poll_read_lent(r, cx, COPY_CHUNK) {
                 Poll::Pending => {
                     if self.unflushed {
                         match Pin::new(&mut *w).poll_flush(cx) {

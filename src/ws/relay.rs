@@ -23,7 +23,6 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::close;
@@ -31,7 +30,7 @@ use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFa
 use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd};
+use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd, Signal};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -39,7 +38,7 @@ use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
-use crate::ws::session::with_close_token;
+use crate::wake::Filtered;
 
 /// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
 /// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
@@ -185,10 +184,18 @@ pub async fn handle(
         on_upgrade,
         move |client, snapshot, closing| async move {
             let opts = &snapshot.config.routes[index].ws;
-            let end = with_close_token(closing, |token| async move {
-                run(client, TokioIo::new(socket.io), opts, &token).await
-            })
-            .await;
+            let close_now = Signal::default();
+            let closer = async {
+                // Polled on every wake of the session: filtered, as the route's token takes two
+                // locks per poll.
+                Filtered::new(closing).await;
+                close_now.raise().await;
+                std::future::pending::<()>().await;
+            };
+            let end = tokio::select! {
+                end = run(client, TokioIo::new(socket.io), opts, &close_now) => end,
+                _ = closer => unreachable!("the closer never finishes"),
+            };
             // The lease counts this session for least_connections until here.
             drop(lease);
             end
@@ -199,12 +206,7 @@ pub async fn handle(
 
 /// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
 /// `client` is the client's upgraded connection, `upstream` the upstream WebSocket.
-pub async fn run<C, U>(
-    client: C,
-    upstream: U,
-    opts: &WsOptions,
-    closing: &CancellationToken,
-) -> SessionEnd
+pub async fn run<C, U>(client: C, upstream: U, opts: &WsOptions, closing: &Signal) -> SessionEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
@@ -218,7 +220,7 @@ where
     let ctl_c = ControlQueue::new();
     let ctl_u = ControlQueue::new();
     let ending = OnceLock::new();
-    let stopped = CancellationToken::new();
+    let stopped = Signal::default();
     let mut inbound = Traffic::default();
     let mut outbound = Traffic::default();
 
@@ -262,8 +264,8 @@ where
     };
     let deadline = async {
         tokio::select! {
-            _ = stopped.cancelled() => {}
-            _ = closing.cancelled() => {}
+            _ = stopped.raised() => {}
+            _ = closing.raised() => {}
         }
         tokio::time::sleep(opts.close_timeout).await;
     };
@@ -395,9 +397,9 @@ struct PumpCtx<'a> {
     /// pump owns.
     ctl_back: &'a ControlQueue,
     ending: &'a OnceLock<Ending>,
-    closing: &'a CancellationToken,
-    /// Cancelled when this pump stops forwarding, which starts the close deadline.
-    stopped: &'a CancellationToken,
+    closing: &'a Signal,
+    /// Raised when this pump stops forwarding, which starts the close deadline.
+    stopped: &'a Signal,
 }
 
 impl<R, W> Pump<'_, R, W>
@@ -423,9 +425,8 @@ where
             KeepAlive::new(ctx.opts.keep_alive_interval, ctx.opts.keep_alive_timeout);
         // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
         let mut consumed = 0u64;
-        // Made once, not per frame: each new one would register with (and on drop unregister
-        // from) a waiter list under a lock.
-        let mut cancelled = pin!(ctx.closing.cancelled());
+        // Polled whenever the task wakes: a flag load (see `Signal`).
+        let mut close_now = pin!(ctx.closing.raised());
         // Frames are written as they come and flushed together once nothing more can be read
         // at once (the flush arm is polled last): one syscall for a burst, none held back.
         let mut unflushed = false;
@@ -436,7 +437,7 @@ where
             loop {
                 tokio::select! {
                     biased;
-                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
                         match work {
@@ -475,7 +476,7 @@ where
             loop {
                 tokio::select! {
                     biased;
-                    _ = &mut cancelled => break 'pump ctx.shutting_down(),
+                    _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
                         match work {
@@ -552,7 +553,7 @@ where
         if let Last::Close(code, reason) = last {
             let _ = send(&mut wr, Frame::close(code, &reason)).await;
         }
-        ctx.stopped.cancel();
+        ctx.stopped.raise().await;
     }
 }
 

@@ -3,6 +3,9 @@
 //! the access log and metrics report when the session ends.
 
 use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use fastwebsockets::{Frame, WebSocketError, WebSocketRead};
@@ -178,24 +181,35 @@ pub fn jitter(max: Duration) -> Duration {
     Duration::from_nanos(r % (max.as_nanos().min(u64::MAX as u128) as u64))
 }
 
-/// Runs `session` with a token that is cancelled when `closing` resolves, for sessions (relay,
-/// passthrough) whose loops watch a token rather than a future.
-pub async fn with_close_token<T, Fut>(
-    closing: impl std::future::Future<Output = CloseRequest>,
-    session: impl FnOnce(tokio_util::sync::CancellationToken) -> Fut,
-) -> T
-where
-    Fut: std::future::Future<Output = T>,
-{
-    let token = tokio_util::sync::CancellationToken::new();
-    let trigger = token.clone();
-    let closer = async move {
-        closing.await;
-        trigger.cancel();
-        std::future::pending::<()>().await;
-    };
-    tokio::select! {
-        out = session(token) => out,
-        _ = closer => unreachable!("the closer never finishes"),
+/// A flag raised and watched within one task: a relay's "close now" and "a pump stopped".
+///
+/// A `CancellationToken` would do, but it is a heap node per token and each poll of its
+/// future takes two mutexes, and a relay polls its watchers every time it is woken (for every
+/// frame it moves). Watchers here register no waker: whoever raises the flag runs in the same
+/// task and wakes it, so every watcher is polled again and sees it. Never watch one from
+/// another task.
+#[derive(Debug, Default)]
+pub struct Signal(AtomicBool);
+
+impl Signal {
+    /// Raises the flag and wakes the current task, so that its other watchers see it.
+    pub async fn raise(&self) {
+        self.0.store(true, Ordering::Relaxed);
+        std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::Ready(())
+        })
+        .await;
+    }
+
+    /// Resolves once the flag is raised (by this task).
+    pub fn raised(&self) -> impl Future<Output = ()> + '_ {
+        std::future::poll_fn(move |_| {
+            if self.0.load(Ordering::Relaxed) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
     }
 }
