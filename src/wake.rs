@@ -80,13 +80,14 @@ mod tests {
     use std::cell::Cell;
 
     /// Counts its polls; ready once `open` is set; keeps the waker it was given.
-    struct Probe<'a> {
-        polls: &'a Cell<u32>,
-        open: &'a Cell<bool>,
-        waker: &'a Mutex<Option<Waker>>,
+    #[derive(Default)]
+    struct Probe {
+        polls: Cell<u32>,
+        open: Cell<bool>,
+        waker: Mutex<Option<Waker>>,
     }
 
-    impl Future for Probe<'_> {
+    impl Future for &Probe {
         type Output = ();
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
             self.polls.set(self.polls.get() + 1);
@@ -96,6 +97,12 @@ mod tests {
             } else {
                 Poll::Pending
             }
+        }
+    }
+
+    impl Probe {
+        fn wake(&self) {
+            self.waker.lock().unwrap().take().unwrap().wake();
         }
     }
 
@@ -113,43 +120,35 @@ mod tests {
 
     #[test]
     fn inner_is_polled_only_when_it_woke() {
-        let (polls, open, waker) = (Cell::new(0), Cell::new(false), Mutex::new(None));
-        let mut f = Filtered::new(Probe {
-            polls: &polls,
-            open: &open,
-            waker: &waker,
-        });
+        let probe = Probe::default();
+        let mut f = Filtered::new(&probe);
         let (count, task) = counter();
         let mut cx = Context::from_waker(&task);
         assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
-        assert_eq!(polls.get(), 1, "the first poll goes through");
+        assert_eq!(probe.polls.get(), 1, "the first poll goes through");
         for _ in 0..5 {
             assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
         }
         assert_eq!(
-            polls.get(),
+            probe.polls.get(),
             1,
             "the task woke for something else: not polled"
         );
-        open.set(true);
-        waker.lock().unwrap().take().unwrap().wake();
+        probe.open.set(true);
+        probe.wake();
         assert_eq!(
             count.0.load(Ordering::SeqCst),
             1,
             "its wake-up wakes the task"
         );
         assert!(Pin::new(&mut f).poll(&mut cx).is_ready());
-        assert_eq!(polls.get(), 2);
+        assert_eq!(probe.polls.get(), 2);
     }
 
     #[test]
     fn a_new_task_waker_gets_a_poll_and_the_wake_ups() {
-        let (polls, open, waker) = (Cell::new(0), Cell::new(false), Mutex::new(None));
-        let mut f = Filtered::new(Probe {
-            polls: &polls,
-            open: &open,
-            waker: &waker,
-        });
+        let probe = Probe::default();
+        let mut f = Filtered::new(&probe);
         let (_, first) = counter();
         assert!(Pin::new(&mut f)
             .poll(&mut Context::from_waker(&first))
@@ -159,11 +158,11 @@ mod tests {
             .poll(&mut Context::from_waker(&second))
             .is_pending());
         assert_eq!(
-            polls.get(),
+            probe.polls.get(),
             2,
             "a different task waker: polled to re-register"
         );
-        waker.lock().unwrap().take().unwrap().wake();
+        probe.wake();
         assert_eq!(
             second_count.0.load(Ordering::SeqCst),
             1,
