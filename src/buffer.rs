@@ -11,9 +11,9 @@ use std::cell::RefCell;
 use std::io;
 use std::ops::{Deref, DerefMut};
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Size of a lent buffer: 256 KiB, so bulk transfers move in few syscalls (measured on a 1 MiB
 /// passthrough echo: 35% more messages per second than with 64 KiB, and no gain from 1 MiB).
@@ -94,6 +94,23 @@ impl Filled {
 
     pub fn is_empty(&self) -> bool {
         self.start >= self.end
+    }
+
+    /// Writes out what is left; `Ready(Ok(()))` once all of it is written. `start` counts what
+    /// went out, also when this returns `Pending` or an error.
+    pub fn poll_write_out<W: AsyncWrite + Unpin + ?Sized>(
+        &mut self,
+        w: &mut W,
+        cx: &mut Context<'_>,
+    ) -> Poll<io::Result<()>> {
+        while !self.is_empty() {
+            let n = ready!(Pin::new(&mut *w).poll_write(cx, self.bytes()))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.start += n;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 

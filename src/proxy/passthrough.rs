@@ -294,18 +294,13 @@ impl Direction {
                 return Poll::Ready(self.ending.take().expect("checked above"));
             }
             if let Some(filled) = &mut self.pending {
-                while !filled.is_empty() {
-                    match Pin::new(&mut *w).poll_write(cx, filled.bytes()) {
-                        Poll::Pending => return Poll::Pending,
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(PipeEnd::Write(io::ErrorKind::WriteZero.into()))
-                        }
-                        Poll::Ready(Ok(n)) => {
-                            filled.start += n;
-                            self.bytes += n as u64;
-                        }
-                        Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
-                    }
+                let before = filled.start;
+                let written = filled.poll_write_out(w, cx);
+                self.bytes += (filled.start - before) as u64;
+                match written {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
+                    Poll::Ready(Ok(())) => {}
                 }
                 self.pending = None; // the buffer goes back to the pool
                 self.unflushed = true;

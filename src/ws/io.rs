@@ -127,13 +127,7 @@ impl<W: AsyncWrite + Unpin> LegWrite<W> {
     /// Writes out what was gathered; the buffer goes back once it is all out.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(g) = &mut self.gathered {
-            while !g.is_empty() {
-                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, g.bytes()))?;
-                if n == 0 {
-                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-                }
-                g.start += n;
-            }
+            ready!(g.poll_write_out(&mut self.inner, cx))?;
             self.gathered = None;
         }
         Poll::Ready(Ok(()))

@@ -440,15 +440,10 @@ where
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
-                        match work {
-                            Work::Fin(fin) => break 'pump fin.last(),
-                            Work::Control(ctl) => {
-                                if let Err(e) = queue_control(&mut wr, ctl).await {
-                                    break 'pump ctx.write_failed(e);
-                                }
-                                unflushed = true;
-                            }
+                        if let Err(last) = ctx.take_work(&mut wr, work).await {
+                            break 'pump last;
                         }
+                        unflushed = true;
                     }
                     data = reader.wait_for_data() => match data {
                         Ok(true) => break,
@@ -479,15 +474,10 @@ where
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
-                        match work {
-                            Work::Fin(fin) => break 'pump fin.last(),
-                            Work::Control(ctl) => {
-                                if let Err(e) = queue_control(&mut wr, ctl).await {
-                                    break 'pump ctx.write_failed(e);
-                                }
-                                unflushed = true;
-                            }
+                        if let Err(last) = ctx.take_work(&mut wr, work).await {
+                            break 'pump last;
                         }
+                        unflushed = true;
                     }
                     (rd, res) = &mut reading => {
                         let frame = match res {
@@ -566,18 +556,27 @@ impl Fin {
     }
 }
 
-async fn queue_control<W: AsyncWrite + Unpin>(
-    wr: &mut WebSocketWrite<W>,
-    ctl: Control,
-) -> Result<(), WebSocketError> {
-    let frame = match ctl {
-        Control::Ping => Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b"")),
-        Control::Pong(payload) => Frame::pong(Payload::Bytes(payload)),
-    };
-    wr.write_frame(frame).await
-}
-
 impl PumpCtx<'_> {
+    /// Carries out what the other pump asked of this one's writer: a control frame is written
+    /// (and left for the next flush); the last instruction, or a failed write, is `Err`, the
+    /// pump's last act.
+    async fn take_work<W: AsyncWrite + Unpin>(
+        &self,
+        wr: &mut WebSocketWrite<W>,
+        work: Work,
+    ) -> Result<(), Last> {
+        let frame = match work {
+            Work::Fin(fin) => return Err(fin.last()),
+            Work::Control(Control::Ping) => {
+                Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))
+            }
+            Work::Control(Control::Pong(payload)) => Frame::pong(Payload::Bytes(payload)),
+        };
+        wr.write_frame(frame)
+            .await
+            .map_err(|e| self.write_failed(e))
+    }
+
     fn shutting_down(&self) -> Last {
         self.record(
             Some(close::GOING_AWAY),
