@@ -13,7 +13,8 @@
 //! - [`reload`]: SIGHUP and config-file watching that feed the server new snapshots.
 //! - [`router`]: host and path-prefix route matching.
 //! - [`ws`]: WebSocket handshake, origin policy, frame validation around fastwebsockets,
-//!   keep-alive, and the echo endpoint.
+//!   keep-alive, the echo endpoint, the relay, and the streaming of large binary frames
+//!   through it (`ws::stream`).
 //! - [`shutdown`]: the shared shutdown handle (draining flag, tokens, task tracker).
 //! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
 //! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.

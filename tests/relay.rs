@@ -147,6 +147,124 @@ async fn frames_are_forwarded_as_they_come_and_masked_towards_the_app() {
     gw.stop().await;
 }
 
+/// Opens a relayed WebSocket between a raw client and a raw app: (client, app) sockets.
+async fn raw_pair(gw: &Gateway, app: &mut RawApp) -> (TcpStream, TcpStream) {
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "").await;
+    let (c, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    (c, up)
+}
+
+async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("bytes within the wait")
+        .unwrap();
+    buf
+}
+
+/// XORs `data` with `key` as it applies `offset` bytes into a payload.
+fn xor_at(data: &mut [u8], key: [u8; 4], offset: usize) {
+    for (i, b) in data.iter_mut().enumerate() {
+        *b ^= key[(offset + i) % 4];
+    }
+}
+
+#[tokio::test]
+async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    let payload: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+
+    // Client to app: the app has the header and the first 100 kB while the client still holds
+    // the rest, masked with wsgate's key, not the client's.
+    let wire = frame(true, 2, MASK, &payload);
+    let (first, rest) = wire.split_at(14 + 100_000);
+    c.write_all(first).await.unwrap();
+    let head = read_exactly(&mut up, 14).await;
+    assert_eq!(&head[..2], &[0x82, 0x80 | 127]);
+    assert_eq!(u64::from_be_bytes(head[2..10].try_into().unwrap()), 300_000);
+    let key: [u8; 4] = head[10..14].try_into().unwrap();
+    assert_ne!(Some(key), MASK, "the client's key went on to the app");
+    let mut got = read_exactly(&mut up, 100_000).await;
+    xor_at(&mut got, key, 0);
+    assert_eq!(got, payload[..100_000]);
+    c.write_all(rest).await.unwrap();
+    let mut got = read_exactly(&mut up, 200_000).await;
+    xor_at(&mut got, key, 100_000);
+    assert_eq!(got, payload[100_000..]);
+
+    // App to client, as a fragment this time: unmasked, FIN and opcode kept, streamed too.
+    let wire = frame(false, 2, None, &payload);
+    let (first, rest) = wire.split_at(10 + 100_000);
+    up.write_all(first).await.unwrap();
+    let head = read_exactly(&mut c, 10).await;
+    assert_eq!(&head[..2], &[0x02, 127]);
+    assert_eq!(read_exactly(&mut c, 100_000).await, payload[..100_000]);
+    up.write_all(rest).await.unwrap();
+    assert_eq!(read_exactly(&mut c, 200_000).await, payload[100_000..]);
+    // The message goes on in a small frame read whole; the app still gets Pongs.
+    up.write_all(&frame(true, 0, None, b"end")).await.unwrap();
+    assert_eq!(read_frame(&mut c).await, (true, 0, b"end".to_vec()));
+    c.write_all(&frame(true, 9, MASK, b"p")).await.unwrap();
+    assert_eq!(read_frame(&mut c).await, (true, 0xA, b"p".to_vec()));
+    c.write_all(&frame(true, 1, MASK, b"after")).await.unwrap();
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (true, 1, true, b"after".to_vec())
+    );
+    drop((c, up));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_peer_gone_in_the_middle_of_a_streamed_frame_leaves_the_other_leg_without_a_close() {
+    // The client vanishes: the app has what was sent, then the end of the stream, no Close
+    // (none can follow a partial frame).
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    let wire = frame(true, 2, MASK, &vec![5u8; 300_000]);
+    c.write_all(&wire[..14 + 100_000]).await.unwrap();
+    read_exactly(&mut up, 14 + 100_000).await;
+    drop(c);
+    assert_eq!(read_to_eof(&mut up).await, b"");
+
+    // The client stalls past the keep-alive timeout: it gets 1001, the app the end of the stream.
+    // The first Ping is due after a second, well after the frame has started.
+    let ws = "  keep_alive_interval: 1s\n  keep_alive_timeout: 300ms\n";
+    let gw2 = Gateway::start(&config(&app.url(), ws, "")).await;
+    let (mut c, mut up) = raw_pair(&gw2, &mut app).await;
+    c.write_all(&wire[..14 + 100_000]).await.unwrap();
+    assert_eq!(read_exactly(&mut up, 14 + 100_000).await[0], 0x82);
+    assert_eq!(read_close_code(&mut c).await, 1001);
+    assert_eq!(
+        read_to_eof(&mut up).await,
+        b"",
+        "nothing after a partial frame"
+    );
+
+    // A text frame is never streamed: bad UTF-8 at its very end is refused before a byte of
+    // it reaches the app, which gets 1001.
+    let mut text = vec![b'a'; 300_000];
+    text[299_999] = 0xFF;
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    c.write_all(&frame(true, 1, MASK, &text)).await.unwrap();
+    assert_eq!(read_close_code(&mut c).await, 1007);
+    let (_, op, _, payload) = read_app_frame(&mut up).await;
+    assert_eq!(
+        (op, u16::from_be_bytes([payload[0], payload[1]])),
+        (8, 1001)
+    );
+    drop((c, up));
+    gw.stop().await;
+    gw2.stop().await;
+}
+
 #[tokio::test]
 async fn subprotocol_is_the_apps_choice_among_the_offered() {
     let mut app = spawn_ws_app(Some("chat.v2")).await;

@@ -142,14 +142,7 @@ impl FrameValidator {
     }
 
     pub fn check(&mut self, frame: &InFrame) -> Result<FrameKind, Violation> {
-        let must_mask = self.peer == Peer::Client;
-        if frame.masked != must_mask {
-            return Err(Violation::protocol(if must_mask {
-                "client frames must be masked"
-            } else {
-                "server frames must not be masked"
-            }));
-        }
+        self.check_mask(frame.masked)?;
         let len = frame.payload.len();
         match frame.opcode {
             OpCode::Ping | OpCode::Pong | OpCode::Close => {
@@ -163,44 +156,83 @@ impl FrameValidator {
                     _ => check_close(&frame.payload),
                 }
             }
-            OpCode::Text | OpCode::Binary => {
-                if self.message.is_some() {
-                    return Err(Violation::protocol("new message inside a fragmented one"));
-                }
-                self.check_size(len)?;
-                if !frame.fin {
-                    self.message = Some((frame.opcode, len));
+            OpCode::Text | OpCode::Binary | OpCode::Continuation => {
+                let kind = self.data_head(frame.fin, frame.opcode, len)?;
+                // An unfragmented text frame was validated by fastwebsockets' reader.
+                let text = matches!(
+                    kind,
+                    FrameKind::Data {
+                        opcode: OpCode::Text,
+                        ..
+                    }
+                );
+                if text && !(frame.opcode == OpCode::Text && frame.fin) {
                     if frame.opcode == OpCode::Text {
                         self.utf8 = Utf8Stream::default();
-                        self.utf8.feed(&frame.payload, false)?;
                     }
-                }
-                // An unfragmented text frame was validated by fastwebsockets' reader.
-                Ok(FrameKind::Data {
-                    opcode: frame.opcode,
-                    fin: frame.fin,
-                })
-            }
-            OpCode::Continuation => {
-                let Some((opcode, so_far)) = self.message else {
-                    return Err(Violation::protocol("continuation without a message"));
-                };
-                let total = so_far.saturating_add(len);
-                self.check_size(total)?;
-                if opcode == OpCode::Text {
                     self.utf8.feed(&frame.payload, frame.fin)?;
                 }
-                self.message = if frame.fin {
-                    None
-                } else {
-                    Some((opcode, total))
-                };
-                Ok(FrameKind::Data {
-                    opcode,
-                    fin: frame.fin,
-                })
+                Ok(kind)
             }
         }
+    }
+
+    /// Whether a data frame with this opcode would be binary, so its payload can be streamed
+    /// (see [`super::stream`]) rather than read whole: a Binary frame, or a Continuation of a
+    /// binary message.
+    pub fn is_binary(&self, opcode: OpCode) -> bool {
+        match opcode {
+            OpCode::Binary => true,
+            OpCode::Continuation => matches!(self.message, Some((OpCode::Binary, _))),
+            _ => false,
+        }
+    }
+
+    /// The checks of a binary frame streamed rather than read whole, made on its header alone:
+    /// masking, message sequence and size. Binary payloads need no others.
+    pub fn check_head(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        masked: bool,
+        len: u64,
+    ) -> Result<FrameKind, Violation> {
+        self.check_mask(masked)?;
+        self.data_head(fin, opcode, usize::try_from(len).unwrap_or(usize::MAX))
+    }
+
+    fn check_mask(&self, masked: bool) -> Result<(), Violation> {
+        let must_mask = self.peer == Peer::Client;
+        if masked == must_mask {
+            Ok(())
+        } else {
+            Err(Violation::protocol(if must_mask {
+                "client frames must be masked"
+            } else {
+                "server frames must not be masked"
+            }))
+        }
+    }
+
+    /// Sequence and size of a Text, Binary or Continuation frame of `len` payload bytes.
+    fn data_head(&mut self, fin: bool, opcode: OpCode, len: usize) -> Result<FrameKind, Violation> {
+        if opcode == OpCode::Continuation {
+            let Some((opcode, so_far)) = self.message else {
+                return Err(Violation::protocol("continuation without a message"));
+            };
+            let total = so_far.saturating_add(len);
+            self.check_size(total)?;
+            self.message = if fin { None } else { Some((opcode, total)) };
+            return Ok(FrameKind::Data { opcode, fin });
+        }
+        if self.message.is_some() {
+            return Err(Violation::protocol("new message inside a fragmented one"));
+        }
+        self.check_size(len)?;
+        if !fin {
+            self.message = Some((opcode, len));
+        }
+        Ok(FrameKind::Data { opcode, fin })
     }
 
     fn check_size(&self, len: usize) -> Result<(), Violation> {

@@ -55,11 +55,17 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
     /// Waits until bytes can be read, holding a buffer only once they are there. `Ok(false)` is
     /// end of stream. Cancel-safe: bytes read are kept for the next reader before this returns.
     pub async fn wait_for_data(&mut self) -> io::Result<bool> {
+        self.wait_for_data_max(self.cap).await
+    }
+
+    /// [`Self::wait_for_data`], reading at most `limit` bytes: a piece of a frame being
+    /// streamed (see [`super::stream`]).
+    pub async fn wait_for_data_max(&mut self, limit: usize) -> io::Result<bool> {
         std::future::poll_fn(|cx| {
             if self.parked.is_some() {
                 return Poll::Ready(Ok(true));
             }
-            let limit = self.cap.min(BUFFER_SIZE);
+            let limit = limit.clamp(1, BUFFER_SIZE);
             match ready!(poll_read_lent(&mut self.inner, cx, limit))? {
                 Some(filled) => {
                     self.parked = Some(filled);
@@ -69,6 +75,26 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
             }
         })
         .await
+    }
+}
+
+impl<R> LegRead<R> {
+    /// The bytes read while parked and not yet taken, where a streamed frame is read and
+    /// rewritten in place (see [`super::stream`]). Taking them with [`Self::consume`] instead
+    /// of through a reader leaves the count of delivered bytes alone, as it should: none of
+    /// them reach fastwebsockets.
+    pub fn parked_mut(&mut self) -> Option<&mut [u8]> {
+        self.parked.as_mut().map(|p| &mut p.buf[p.start..p.end])
+    }
+
+    /// Drops the first `n` parked bytes; the lent buffer goes back once none are left.
+    pub fn consume(&mut self, n: usize) {
+        if let Some(p) = &mut self.parked {
+            p.start = (p.start + n).min(p.end);
+            if p.is_empty() {
+                self.parked = None;
+            }
+        }
     }
 }
 
@@ -124,6 +150,26 @@ impl<W> LegWrite<W> {
 }
 
 impl<W: AsyncWrite + Unpin> LegWrite<W> {
+    /// Writes `data` after what was gathered, straight from where it lies: a piece of a
+    /// streamed frame, which copying into the gathering buffer would only cost a pass over.
+    /// `written` counts what of `data` went out, across calls that return `Pending`.
+    pub fn poll_write_through(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        written: &mut usize,
+    ) -> Poll<io::Result<()>> {
+        ready!(self.poll_drain(cx))?;
+        while *written < data.len() {
+            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &data[*written..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            *written += n;
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Writes out what was gathered; the buffer goes back once it is all out.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(g) = &mut self.gathered {

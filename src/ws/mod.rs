@@ -1,5 +1,6 @@
 //! WebSocket handling shared by every mode: the opening handshake, the origin policy, frame
-//! validation around fastwebsockets, keep-alive, and the echo endpoint.
+//! validation around fastwebsockets, keep-alive, the echo endpoint, and the streaming of large
+//! binary frames through the relay.
 
 pub mod close;
 pub mod echo;
@@ -10,3 +11,4 @@ pub mod keepalive;
 pub mod origin;
 pub mod relay;
 pub mod session;
+pub mod stream;

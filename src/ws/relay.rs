@@ -18,7 +18,7 @@ use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
@@ -31,6 +31,8 @@ use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd, Signal};
+use super::stream::{key_at, recode_key, Head};
+use crate::buffer::COPY_CHUNK;
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -382,7 +384,7 @@ struct Traffic {
 /// One direction of a relayed session: reads `ctx.from`'s leg, writes the other party's.
 struct Pump<'a, R, W> {
     reader: &'a mut LegRead<R>,
-    writer: &'a mut W,
+    writer: &'a mut LegWrite<W>,
     /// Control frames and the final instruction for `writer`, from the other pump.
     ctl_in: &'a ControlQueue,
     traffic: &'a mut Traffic,
@@ -418,8 +420,10 @@ where
         let from = ctx.from;
         let meter = reader.meter();
         // The writer belongs to the other leg, and so to the other role.
-        let (_, mut wr) =
-            fastwebsockets::after_handshake_split(tokio::io::empty(), writer, from.other().role());
+        let wr = &mut Writer {
+            io: writer,
+            masks: from.other().role() == Role::Client,
+        };
         let mut validator = FrameValidator::new(from.peer(), ctx.opts.max_message_size);
         let mut keepalive =
             KeepAlive::new(ctx.opts.keep_alive_interval, ctx.opts.keep_alive_timeout);
@@ -440,7 +444,7 @@ where
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
-                        if let Err(last) = ctx.take_work(&mut wr, work).await {
+                        if let Err(last) = ctx.take_work(wr, work).await {
                             break 'pump last;
                         }
                         unflushed = true;
@@ -455,13 +459,87 @@ where
                             break 'pump last;
                         }
                     }
-                    flushed = wr.flush(), if unflushed => {
+                    flushed = wr.io.flush(), if unflushed => {
                         if let Err(e) = flushed {
-                            break 'pump ctx.write_failed(e);
+                            break 'pump ctx.write_failed(e.into());
                         }
                         unflushed = false;
                     }
                 }
+            }
+            // A large binary frame goes on piece by piece (see `stream`). Nothing else can be
+            // written on this pump's leg until it ends, and nothing read from it is a Close.
+            if let Some(head) = reader
+                .parked_mut()
+                .and_then(|b| Head::streamable(b))
+                .filter(|h| validator.is_binary(h.opcode))
+            {
+                keepalive.seen();
+                let masked = head.mask.is_some();
+                if let Err(v) = validator.check_head(head.fin, head.opcode, masked, head.payload) {
+                    break 'pump ctx.violation(v.code, v.reason);
+                }
+                let out_key = wr.masks.then(rand::random::<[u8; 4]>);
+                let parked = reader.parked_mut().expect("the header was read parked");
+                // `check_head` has made sure that this leg is masked exactly when the other one
+                // must be, so the rewritten header is the same size.
+                head.rewrite(parked, out_key)
+                    .expect("a relay masks exactly what it unmasks");
+                let key = recode_key(head.mask, out_key);
+                // Header bytes still to go out (with the first piece); payload sent and left.
+                let (mut head_len, mut sent, mut left) = (head.len, 0u64, head.payload);
+                while left > 0 {
+                    let Some(parked) = reader.parked_mut() else {
+                        let limit = left.min(COPY_CHUNK as u64) as usize;
+                        tokio::select! {
+                            biased;
+                            data = reader.wait_for_data_max(limit) => match data {
+                                Ok(true) => continue,
+                                // No frame can follow a partial one: the other leg gets no Close.
+                                Ok(false) => {
+                                    ctx.gone("connection closed in the middle of a frame".into());
+                                    break 'pump Last::Nothing;
+                                }
+                                Err(e) => {
+                                    ctx.gone(e.to_string());
+                                    break 'pump Last::Nothing;
+                                }
+                            },
+                            tick = keepalive.tick() => {
+                                if ctx.on_tick(tick).is_some() {
+                                    break 'pump Last::Nothing;
+                                }
+                                continue;
+                            }
+                        }
+                    };
+                    let n =
+                        (parked.len() - head_len).min(usize::try_from(left).unwrap_or(usize::MAX));
+                    let piece = &mut parked[..head_len + n];
+                    if let Some(k) = key {
+                        fastwebsockets::unmask(&mut piece[head_len..], key_at(k, sent));
+                    }
+                    let written = if n == 0 {
+                        // Only the header has come: it waits, gathered, for the payload.
+                        wr.io.write_all(piece).await.map_err(WebSocketError::from)
+                    } else {
+                        wr.write_through(piece).await
+                    };
+                    if let Err(e) = written {
+                        break 'pump ctx.write_failed(e);
+                    }
+                    reader.consume(head_len + n);
+                    head_len = 0;
+                    sent += n as u64;
+                    left -= n as u64;
+                    traffic.bytes += n as u64;
+                    keepalive.seen();
+                }
+                if head.fin {
+                    traffic.messages += 1;
+                }
+                unflushed = true;
+                continue;
             }
             // Reading: one reader, until its buffer holds nothing more. Its read is not
             // cancel-safe, so one stays in flight until a frame comes back.
@@ -474,7 +552,7 @@ where
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.set(ctl_in.pop());
-                        if let Err(last) = ctx.take_work(&mut wr, work).await {
+                        if let Err(last) = ctx.take_work(wr, work).await {
                             break 'pump last;
                         }
                         unflushed = true;
@@ -499,7 +577,7 @@ where
                                 // Fragments go on as they come, opcode and FIN intact, so a large
                                 // message is never held whole; the writer masks towards the app.
                                 let out = Frame::new(frame.fin, frame.opcode, None, Payload::Bytes(frame.payload));
-                                if let Err(e) = wr.write_frame(out).await {
+                                if let Err(e) = wr.write(out).await {
                                     break 'pump ctx.write_failed(e);
                                 }
                                 unflushed = true;
@@ -531,9 +609,9 @@ where
                             break 'pump last;
                         }
                     }
-                    flushed = wr.flush(), if unflushed => {
+                    flushed = wr.io.flush(), if unflushed => {
                         if let Err(e) = flushed {
-                            break 'pump ctx.write_failed(e);
+                            break 'pump ctx.write_failed(e.into());
                         }
                         unflushed = false;
                     }
@@ -541,7 +619,7 @@ where
             }
         };
         if let Last::Close(code, reason) = last {
-            let _ = send(&mut wr, Frame::close(code, &reason)).await;
+            let _ = wr.send(Frame::close(code, &reason)).await;
         }
         ctx.stopped.raise().await;
     }
@@ -562,7 +640,7 @@ impl PumpCtx<'_> {
     /// pump's last act.
     async fn take_work<W: AsyncWrite + Unpin>(
         &self,
-        wr: &mut WebSocketWrite<W>,
+        wr: &mut Writer<'_, W>,
         work: Work,
     ) -> Result<(), Last> {
         let frame = match work {
@@ -572,9 +650,7 @@ impl PumpCtx<'_> {
             }
             Work::Control(Control::Pong(payload)) => Frame::pong(Payload::Bytes(payload)),
         };
-        wr.write_frame(frame)
-            .await
-            .map_err(|e| self.write_failed(e))
+        wr.write(frame).await.map_err(|e| self.write_failed(e))
     }
 
     fn shutting_down(&self) -> Last {
@@ -645,10 +721,36 @@ impl PumpCtx<'_> {
     }
 }
 
-async fn send<W: AsyncWrite + Unpin>(
-    wr: &mut WebSocketWrite<W>,
-    frame: Frame<'_>,
-) -> Result<(), WebSocketError> {
-    wr.write_frame(frame).await?;
-    wr.flush().await
+/// Writes frames on a leg: fastwebsockets' `Frame` formats and masks them, and they go to the
+/// leg's [`LegWrite`] without a writer of fastwebsockets' own in between, since the streaming
+/// of large frames writes to the same leg between frames.
+struct Writer<'a, W> {
+    io: &'a mut LegWrite<W>,
+    /// wsgate is the client on this leg (the upstream's), so what it sends is masked.
+    masks: bool,
+}
+
+impl<W: AsyncWrite + Unpin> Writer<'_, W> {
+    /// Writes a frame, gathered with others until the next flush unless it is large.
+    async fn write(&mut self, mut frame: Frame<'_>) -> Result<(), WebSocketError> {
+        if self.masks {
+            frame.mask();
+        }
+        frame.writev(&mut *self.io).await?;
+        Ok(())
+    }
+
+    /// Writes a frame and flushes it.
+    async fn send(&mut self, frame: Frame<'_>) -> Result<(), WebSocketError> {
+        self.write(frame).await?;
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Writes bytes lying ready to go, a piece of a streamed frame, without copying them.
+    async fn write_through(&mut self, data: &[u8]) -> Result<(), WebSocketError> {
+        let mut written = 0;
+        std::future::poll_fn(|cx| self.io.poll_write_through(cx, data, &mut written)).await?;
+        Ok(())
+    }
 }
