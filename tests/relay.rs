@@ -471,11 +471,7 @@ async fn app_violations_give_the_client_1014_and_the_app_their_code() {
     ] {
         let mut app = spawn_raw_app().await;
         let gw = relay_to(&app.url()).await;
-        let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
-        let mut up = app.accept().await;
-        answer_upgrade(&mut up, "").await;
-        let (mut c, head) = client.await.unwrap();
-        assert_eq!(status_of(&head), 101);
+        let (mut c, mut up) = raw_pair(&gw, &mut app).await;
         up.write_all(&bad).await.unwrap();
         assert_eq!(read_close_code(&mut c).await, 1014);
         let (_, op, masked, payload) = read_app_frame(&mut up).await;
