@@ -4,7 +4,7 @@
 //! straight back to the pool when the read returns `Pending`: a connection only holds one while
 //! bytes are actually in flight (read but not yet written on). Idle tunnels and WebSockets then
 //! cost their sockets and task state, not a buffer each. Buffers are pooled per thread (no lock),
-//! and each thread keeps at most [`POOL_MAX`] spare ones, so the pool is bounded by what was in
+//! and each thread keeps at most `POOL_MAX` (16) spare ones, so the pool is bounded by what was in
 //! flight at once, not by how many connections are open.
 
 use std::cell::RefCell;

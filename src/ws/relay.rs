@@ -1,5 +1,6 @@
 //! Relay: wsgate terminates the client's WebSocket and opens its own to an upstream, then
-//! forwards frame by frame, validating both legs.
+//! forwards frame by frame, validating both legs. Frames are read whole, except binary ones of
+//! 64 KiB or more, which go on piece by piece as they arrive (see [`super::stream`]).
 //!
 //! One task runs two pumps, client→upstream and upstream→client. Each owns the reader of one
 //! leg and the writer of the other, so neither direction ever waits on the other: an echo app
