@@ -198,6 +198,29 @@ async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
     xor_at(&mut got, key, 100_000);
     assert_eq!(got, payload[100_000..]);
 
+    // A large frame that arrives right behind a small one, in the same write, streams too.
+    let burst = [
+        frame(true, 1, MASK, b"first"),
+        frame(true, 2, MASK, &payload),
+    ]
+    .concat();
+    let (first, rest) = burst.split_at(11 + 14 + 100_000);
+    c.write_all(first).await.unwrap();
+    assert_eq!(
+        read_app_frame(&mut up).await,
+        (true, 1, true, b"first".to_vec())
+    );
+    let head = read_exactly(&mut up, 14).await;
+    assert_eq!(&head[..2], &[0x82, 0x80 | 127]);
+    let key: [u8; 4] = head[10..14].try_into().unwrap();
+    let mut got = read_exactly(&mut up, 100_000).await;
+    xor_at(&mut got, key, 0);
+    assert_eq!(got, payload[..100_000]);
+    c.write_all(rest).await.unwrap();
+    let mut got = read_exactly(&mut up, 200_000).await;
+    xor_at(&mut got, key, 100_000);
+    assert_eq!(got, payload[100_000..]);
+
     // App to client, as a fragment this time: unmasked, FIN and opcode kept, streamed too.
     let wire = frame(false, 2, None, &payload);
     let (first, rest) = wire.split_at(10 + 100_000);

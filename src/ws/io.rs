@@ -20,6 +20,7 @@ use std::task::{ready, Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::InFrame;
+use super::stream;
 use crate::buffer::{poll_read_lent, Filled, Lent, BUFFER_SIZE};
 
 /// Wraps a leg's read half: reads at most `receive_buffer_size` (ASP.NET Core's
@@ -30,6 +31,10 @@ pub struct LegRead<R> {
     cap: usize,
     /// Bytes read while parked, not yet handed to a reader.
     parked: Option<Filled>,
+    /// Whether a reader is handed parked bytes only up to a frame that could stream (relay).
+    cuts: bool,
+    /// Where in the parked buffer that frame starts (see [`stream::cut_before_streamable`]).
+    cut: Option<usize>,
     /// Bytes handed to fastwebsockets so far, shared with the session, which must read it while
     /// fastwebsockets' reader holds this wrapper.
     delivered: Arc<AtomicU64>,
@@ -41,8 +46,17 @@ impl<R> LegRead<R> {
             inner,
             cap: cap.max(1),
             parked: None,
+            cuts: false,
+            cut: None,
             delivered: Arc::new(AtomicU64::new(0)),
         }
+    }
+
+    /// Hands a reader parked bytes only up to a binary frame large enough to stream, so that
+    /// the frame starts a parked read of its own (see [`super::stream`]).
+    pub fn cutting_before_streamable(mut self) -> Self {
+        self.cuts = true;
+        self
     }
 
     /// The count of bytes handed to fastwebsockets, readable while a reader holds this wrapper.
@@ -55,7 +69,15 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
     /// Waits until bytes can be read, holding a buffer only once they are there. `Ok(false)` is
     /// end of stream. Cancel-safe: bytes read are kept for the next reader before this returns.
     pub async fn wait_for_data(&mut self) -> io::Result<bool> {
-        self.wait_for_data_max(self.cap).await
+        let data = self.wait_for_data_max(self.cap).await?;
+        // Between frames here, so the parked bytes start with a header.
+        if self.cuts {
+            self.cut = self
+                .parked
+                .as_ref()
+                .and_then(|p| stream::cut_before_streamable(p.bytes()).map(|at| p.start + at));
+        }
+        Ok(data)
     }
 
     /// [`Self::wait_for_data`], reading at most `limit` bytes: a piece of a frame being
@@ -107,7 +129,10 @@ impl<R: AsyncRead + Unpin> AsyncRead for LegRead<R> {
         let this = self.get_mut();
         let before = buf.filled().len();
         if let Some(parked) = &mut this.parked {
-            let n = parked.bytes().len().min(buf.remaining());
+            let mut n = parked.bytes().len().min(buf.remaining());
+            if let Some(cut) = this.cut.filter(|&c| c > parked.start) {
+                n = n.min(cut - parked.start);
+            }
             buf.put_slice(&parked.bytes()[..n]);
             parked.start += n;
             if parked.is_empty() {

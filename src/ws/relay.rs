@@ -217,8 +217,8 @@ where
     let (r_c, w_c) = tokio::io::split(client);
     let (r_u, w_u) = tokio::io::split(upstream);
     let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
-    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
-    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);
+    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size).cutting_before_streamable();
+    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size).cutting_before_streamable();
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
     let ctl_c = ControlQueue::new();
     let ctl_u = ControlQueue::new();

@@ -98,6 +98,39 @@ impl Head {
     }
 }
 
+/// Where, in bytes that start at a frame boundary, the first frame that could stream starts
+/// after at least one other: the relay hands fastwebsockets' reader only the bytes before it,
+/// so that frame begins a parked read of its own and streams, rather than being read whole
+/// behind a small frame that arrived in the same read. Walks complete headers only.
+pub fn cut_before_streamable(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0usize;
+    loop {
+        at = at.checked_add(usize::try_from(wire_len(bytes.get(at..)?)?).ok()?)?;
+        if at >= bytes.len() {
+            return None;
+        }
+        if Head::streamable(&bytes[at..]).is_some() {
+            return Some(at);
+        }
+    }
+}
+
+/// The wire length (header and payload) of the frame whose header starts `bytes`, if the
+/// header is complete there.
+fn wire_len(bytes: &[u8]) -> Option<u64> {
+    let b1 = *bytes.get(1)?;
+    let (payload, ext) = match b1 & 0x7f {
+        126 => (
+            u64::from(u16::from_be_bytes(bytes.get(2..4)?.try_into().ok()?)),
+            2,
+        ),
+        127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 8),
+        n => (u64::from(n), 0),
+    };
+    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
+    payload.checked_add(2 + ext + mask)
+}
+
 /// A masking key as it applies to a piece starting `offset` bytes into the payload.
 pub fn key_at(key: [u8; 4], offset: u64) -> [u8; 4] {
     let r = (offset % 4) as usize;
@@ -172,6 +205,39 @@ mod tests {
         for n in 0..full.len() {
             assert_eq!(Head::streamable(&full[..n]), None, "{n} bytes");
         }
+    }
+
+    #[test]
+    fn reads_are_cut_before_a_large_binary_frame_that_follows_others() {
+        let key = Some([9, 8, 7, 6]);
+        let mut small = head(0x81, 5, key);
+        small.extend_from_slice(b"hello");
+        let mut medium = head(0x82, 300, None);
+        medium.extend_from_slice(&[0; 300]);
+        let large = head(0x82, 1 << 20, key);
+        let bytes = [small.clone(), medium.clone(), large.clone(), vec![0; 100]].concat();
+        assert_eq!(
+            cut_before_streamable(&bytes),
+            Some(small.len() + medium.len())
+        );
+        // Nothing to cut: the large frame comes first, or none follows, or its header is cut short.
+        assert_eq!(
+            cut_before_streamable(&[large.clone(), small.clone()].concat()),
+            None
+        );
+        assert_eq!(
+            cut_before_streamable(&[small.clone(), medium.clone()].concat()),
+            None
+        );
+        let short = [small.clone(), large[..5].to_vec()].concat();
+        assert_eq!(cut_before_streamable(&short), None);
+        // A large text frame is read whole, so no cut before it.
+        let text = head(0x81, 1 << 20, key);
+        assert_eq!(cut_before_streamable(&[small, text].concat()), None);
+        // Lengths near u64::MAX end the walk instead of wrapping around.
+        let mut huge = head(0x82, 1 << 20, None);
+        huge[2..10].copy_from_slice(&u64::MAX.to_be_bytes());
+        assert_eq!(cut_before_streamable(&[huge, large].concat()), None);
     }
 
     #[test]
