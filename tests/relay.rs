@@ -173,6 +173,24 @@ fn xor_at(data: &mut [u8], key: [u8; 4], offset: usize) {
     }
 }
 
+/// The client has sent the header of a 300 kB binary frame and its first 100 kB; `rest` is
+/// the rest. Checks that the app has the header and those 100 kB before `rest` is sent, masked
+/// with a key of wsgate's, and then the rest.
+async fn app_gets_streamed(c: &mut TcpStream, up: &mut TcpStream, payload: &[u8], rest: &[u8]) {
+    let head = read_exactly(up, 14).await;
+    assert_eq!(&head[..2], &[0x82, 0x80 | 127]);
+    assert_eq!(u64::from_be_bytes(head[2..10].try_into().unwrap()), 300_000);
+    let key: [u8; 4] = head[10..14].try_into().unwrap();
+    assert_ne!(Some(key), MASK, "the client's key went on to the app");
+    let mut got = read_exactly(up, 100_000).await;
+    xor_at(&mut got, key, 0);
+    assert_eq!(got, payload[..100_000]);
+    c.write_all(rest).await.unwrap();
+    let mut got = read_exactly(up, 200_000).await;
+    xor_at(&mut got, key, 100_000);
+    assert_eq!(got, payload[100_000..]);
+}
+
 #[tokio::test]
 async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
     let mut app = spawn_raw_app().await;
@@ -185,18 +203,7 @@ async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
     let wire = frame(true, 2, MASK, &payload);
     let (first, rest) = wire.split_at(14 + 100_000);
     c.write_all(first).await.unwrap();
-    let head = read_exactly(&mut up, 14).await;
-    assert_eq!(&head[..2], &[0x82, 0x80 | 127]);
-    assert_eq!(u64::from_be_bytes(head[2..10].try_into().unwrap()), 300_000);
-    let key: [u8; 4] = head[10..14].try_into().unwrap();
-    assert_ne!(Some(key), MASK, "the client's key went on to the app");
-    let mut got = read_exactly(&mut up, 100_000).await;
-    xor_at(&mut got, key, 0);
-    assert_eq!(got, payload[..100_000]);
-    c.write_all(rest).await.unwrap();
-    let mut got = read_exactly(&mut up, 200_000).await;
-    xor_at(&mut got, key, 100_000);
-    assert_eq!(got, payload[100_000..]);
+    app_gets_streamed(&mut c, &mut up, &payload, rest).await;
 
     // A large frame that arrives right behind a small one, in the same write, streams too.
     let burst = [
@@ -210,16 +217,7 @@ async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
         read_app_frame(&mut up).await,
         (true, 1, true, b"first".to_vec())
     );
-    let head = read_exactly(&mut up, 14).await;
-    assert_eq!(&head[..2], &[0x82, 0x80 | 127]);
-    let key: [u8; 4] = head[10..14].try_into().unwrap();
-    let mut got = read_exactly(&mut up, 100_000).await;
-    xor_at(&mut got, key, 0);
-    assert_eq!(got, payload[..100_000]);
-    c.write_all(rest).await.unwrap();
-    let mut got = read_exactly(&mut up, 200_000).await;
-    xor_at(&mut got, key, 100_000);
-    assert_eq!(got, payload[100_000..]);
+    app_gets_streamed(&mut c, &mut up, &payload, rest).await;
 
     // App to client, as a fragment this time: unmasked, FIN and opcode kept, streamed too.
     let wire = frame(false, 2, None, &payload);
