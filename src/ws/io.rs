@@ -91,6 +91,8 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
             match ready!(poll_read_lent(&mut self.inner, cx, limit))? {
                 Some(filled) => {
                     self.parked = Some(filled);
+                    // A cut belongs to the buffer it was found in.
+                    self.cut = None;
                     Poll::Ready(Ok(true))
                 }
                 None => Poll::Ready(Ok(false)),
