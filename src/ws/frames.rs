@@ -158,19 +158,20 @@ impl FrameValidator {
             }
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
                 let kind = self.data_head(frame.fin, frame.opcode, len)?;
-                // An unfragmented text frame was validated by fastwebsockets' reader.
-                let text = matches!(
-                    kind,
-                    FrameKind::Data {
-                        opcode: OpCode::Text,
-                        ..
+                if let FrameKind::Data {
+                    opcode: OpCode::Text,
+                    ..
+                } = kind
+                {
+                    match (frame.opcode, frame.fin) {
+                        // An unfragmented text frame was validated by fastwebsockets' reader.
+                        (OpCode::Text, true) => {}
+                        (OpCode::Text, false) => {
+                            self.utf8 = Utf8Stream::default();
+                            self.utf8.feed(&frame.payload, false)?;
+                        }
+                        _ => self.utf8.feed(&frame.payload, frame.fin)?,
                     }
-                );
-                if text && !(frame.opcode == OpCode::Text && frame.fin) {
-                    if frame.opcode == OpCode::Text {
-                        self.utf8 = Utf8Stream::default();
-                    }
-                    self.utf8.feed(&frame.payload, frame.fin)?;
                 }
                 Ok(kind)
             }

@@ -476,68 +476,16 @@ where
                 .filter(|h| validator.is_binary(h.opcode))
             {
                 keepalive.seen();
-                let masked = head.mask.is_some();
-                if let Err(v) = validator.check_head(head.fin, head.opcode, masked, head.payload) {
+                let checked =
+                    validator.check_head(head.fin, head.opcode, head.mask.is_some(), head.payload);
+                if let Err(v) = checked {
                     break 'pump ctx.violation(v.code, v.reason);
                 }
-                let out_key = wr.masks.then(rand::random::<[u8; 4]>);
-                let parked = reader.parked_mut().expect("the header was read parked");
-                // `check_head` has made sure that this leg is masked exactly when the other one
-                // must be, so the rewritten header is the same size.
-                head.rewrite(parked, out_key)
-                    .expect("a relay masks exactly what it unmasks");
-                let key = recode_key(head.mask, out_key);
-                // Header bytes still to go out (with the first piece); payload sent and left.
-                let (mut head_len, mut sent, mut left) = (head.len, 0u64, head.payload);
-                while left > 0 {
-                    let Some(parked) = reader.parked_mut() else {
-                        let limit = left.min(COPY_CHUNK as u64) as usize;
-                        tokio::select! {
-                            biased;
-                            data = reader.wait_for_data_max(limit) => match data {
-                                Ok(true) => continue,
-                                // No frame can follow a partial one: the other leg gets no Close.
-                                Ok(false) => {
-                                    ctx.gone("connection closed in the middle of a frame".into());
-                                    break 'pump Last::Nothing;
-                                }
-                                Err(e) => {
-                                    ctx.gone(e.to_string());
-                                    break 'pump Last::Nothing;
-                                }
-                            },
-                            tick = keepalive.tick() => {
-                                if ctx.on_tick(tick).is_some() {
-                                    break 'pump Last::Nothing;
-                                }
-                                continue;
-                            }
-                        }
-                    };
-                    let n =
-                        (parked.len() - head_len).min(usize::try_from(left).unwrap_or(usize::MAX));
-                    let piece = &mut parked[..head_len + n];
-                    if let Some(k) = key {
-                        fastwebsockets::unmask(&mut piece[head_len..], key_at(k, sent));
-                    }
-                    let written = if n == 0 {
-                        // Only the header has come: it waits, gathered, for the payload.
-                        wr.io.write_all(piece).await.map_err(WebSocketError::from)
-                    } else {
-                        wr.write_through(piece).await
-                    };
-                    if let Err(e) = written {
-                        break 'pump ctx.write_failed(e);
-                    }
-                    reader.consume(head_len + n);
-                    head_len = 0;
-                    sent += n as u64;
-                    left -= n as u64;
-                    traffic.bytes += n as u64;
-                    keepalive.seen();
-                }
-                if head.fin {
-                    traffic.messages += 1;
+                if let Err(last) = ctx
+                    .stream_frame(head, reader, wr, &mut keepalive, traffic)
+                    .await
+                {
+                    break 'pump last;
                 }
                 unflushed = true;
                 continue;
@@ -652,6 +600,72 @@ impl PumpCtx<'_> {
             Work::Control(Control::Pong(payload)) => Frame::pong(Payload::Bytes(payload)),
         };
         wr.write(frame).await.map_err(|e| self.write_failed(e))
+    }
+
+    /// Sends on the checked binary frame whose header starts the parked bytes, piece by piece
+    /// as its payload arrives (see [`super::stream`]). `Err` is the pump's last act, and never
+    /// a Close: none can follow a partial frame.
+    async fn stream_frame<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        head: Head,
+        reader: &mut LegRead<R>,
+        wr: &mut Writer<'_, W>,
+        keepalive: &mut KeepAlive,
+        traffic: &mut Traffic,
+    ) -> Result<(), Last> {
+        let out_key = wr.masks.then(rand::random::<[u8; 4]>);
+        let parked = reader.parked_mut().expect("the header was read parked");
+        // `check_head` has made sure that this leg is masked exactly when the other one must
+        // be, so the rewritten header is the same size.
+        head.rewrite(parked, out_key)
+            .expect("a relay masks exactly what it unmasks");
+        let key = recode_key(head.mask, out_key);
+        // Header bytes still to go out (with the first piece); payload sent and left.
+        let (mut head_len, mut sent, mut left) = (head.len, 0u64, head.payload);
+        while left > 0 {
+            let Some(parked) = reader.parked_mut() else {
+                let limit = left.min(COPY_CHUNK as u64) as usize;
+                tokio::select! {
+                    biased;
+                    data = reader.wait_for_data_max(limit) => {
+                        let why = match data {
+                            Ok(true) => continue,
+                            Ok(false) => "connection closed in the middle of a frame".to_owned(),
+                            Err(e) => e.to_string(),
+                        };
+                        self.gone(why);
+                    }
+                    tick = keepalive.tick() => {
+                        if self.on_tick(tick).is_none() {
+                            continue;
+                        }
+                    }
+                }
+                return Err(Last::Nothing);
+            };
+            let n = (parked.len() - head_len).min(usize::try_from(left).unwrap_or(usize::MAX));
+            let piece = &mut parked[..head_len + n];
+            if let Some(k) = key {
+                fastwebsockets::unmask(&mut piece[head_len..], key_at(k, sent));
+            }
+            let written = if n == 0 {
+                // Only the header has come: it waits, gathered, for the payload.
+                wr.io.write_all(piece).await.map_err(WebSocketError::from)
+            } else {
+                wr.write_through(piece).await
+            };
+            written.map_err(|e| self.write_failed(e))?;
+            reader.consume(head_len + n);
+            head_len = 0;
+            sent += n as u64;
+            left -= n as u64;
+            traffic.bytes += n as u64;
+            keepalive.seen();
+        }
+        if head.fin {
+            traffic.messages += 1;
+        }
+        Ok(())
     }
 
     fn shutting_down(&self) -> Last {

@@ -41,8 +41,7 @@ impl Head {
     /// usual checks, which refuse what must be refused. Whether a Continuation belongs to a
     /// binary message is the caller's to know.
     pub fn streamable(bytes: &[u8]) -> Option<Head> {
-        let (&b0, rest) = bytes.split_first()?;
-        let (&b1, rest) = rest.split_first()?;
+        let (&b0, &b1) = (bytes.first()?, bytes.get(1)?);
         if b0 & 0x70 != 0 {
             return None;
         }
@@ -51,25 +50,15 @@ impl Head {
             2 => OpCode::Binary,
             _ => return None,
         };
-        let (payload, ext) = match b1 & 0x7f {
-            126 => (
-                u64::from(u16::from_be_bytes(rest.get(..2)?.try_into().ok()?)),
-                2,
-            ),
-            127 => {
-                let n = u64::from_be_bytes(rest.get(..8)?.try_into().ok()?);
-                if n <= 0xffff {
-                    return None; // not the shortest form: the whole-frame path re-encodes it
-                }
-                (n, 8)
-            }
-            n => (u64::from(n), 0),
-        };
+        let (payload, len) = sizes(bytes)?;
+        if b1 & 0x7f == 127 && payload <= 0xffff {
+            return None; // not the shortest form: the whole-frame path re-encodes it
+        }
         if payload < STREAM_MIN {
             return None;
         }
         let mask = if b1 & 0x80 != 0 {
-            Some(rest.get(ext..ext + 4)?.try_into().ok()?)
+            Some(bytes.get(len - 4..len)?.try_into().ok()?)
         } else {
             None
         };
@@ -78,7 +67,7 @@ impl Head {
             opcode,
             mask,
             payload,
-            len: 2 + ext + if mask.is_some() { 4 } else { 0 },
+            len,
         })
     }
 
@@ -105,7 +94,10 @@ impl Head {
 pub fn cut_before_streamable(bytes: &[u8]) -> Option<usize> {
     let mut at = 0usize;
     loop {
-        at = at.checked_add(usize::try_from(wire_len(bytes.get(at..)?)?).ok()?)?;
+        let (payload, len) = sizes(bytes.get(at..)?)?;
+        at = at
+            .checked_add(len)?
+            .checked_add(usize::try_from(payload).ok()?)?;
         if at >= bytes.len() {
             return None;
         }
@@ -115,9 +107,9 @@ pub fn cut_before_streamable(bytes: &[u8]) -> Option<usize> {
     }
 }
 
-/// The wire length (header and payload) of the frame whose header starts `bytes`, if the
-/// header is complete there.
-fn wire_len(bytes: &[u8]) -> Option<u64> {
+/// The payload length and the header's size (masking key included) of the frame whose header
+/// starts `bytes`, if its length is complete there.
+fn sizes(bytes: &[u8]) -> Option<(u64, usize)> {
     let b1 = *bytes.get(1)?;
     let (payload, ext) = match b1 & 0x7f {
         126 => (
@@ -127,8 +119,7 @@ fn wire_len(bytes: &[u8]) -> Option<u64> {
         127 => (u64::from_be_bytes(bytes.get(2..10)?.try_into().ok()?), 8),
         n => (u64::from(n), 0),
     };
-    let mask = if b1 & 0x80 != 0 { 4 } else { 0 };
-    payload.checked_add(2 + ext + mask)
+    Some((payload, 2 + ext + if b1 & 0x80 != 0 { 4 } else { 0 }))
 }
 
 /// A masking key as it applies to a piece starting `offset` bytes into the payload.
