@@ -38,7 +38,7 @@ SIZES=${SIZES:-"20 1KiB 16KiB 1MiB"}
 CONNS=${CONNS:-100}
 CONNS_1MIB=${CONNS_1MIB:-10}
 IDLE_CONNS=${IDLE_CONNS:-5000}
-LAT_ROUNDS=${LAT_ROUNDS:-3}
+LAT_ROUNDS=${LAT_ROUNDS:-5}
 LAT1_RATE=${LAT1_RATE:-1000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_CONNS=${LAT_CONNS:-10}
@@ -106,14 +106,19 @@ stop_pid() {
 }
 
 # ---------------------------------------------------------------------------------------------
-# CPUs: the target under test on CPU 0, the load generator on CPU 1. The echo backend behind the
-# proxies shares CPU 1 with the load generator (a 2-core machine has no third CPU for it).
+# CPUs: the target under test on CPU 0, the load generator on CPU 1. For throughput, the echo
+# backend behind the proxies shares CPU 1 with the load generator (a 2-core machine has no third
+# CPU for it), so a proxy's CPU is its own. For latency it moves to the target's CPU
+# (LAT_BACKEND_CPU): direct's backend is there too, so the load generator's CPU carries the same
+# work for every target and "proxied − direct" differs by the proxy alone, not by a backend that
+# also competes with the generator's clock for CPU 1.
 NCPU=$(nproc)
 if ((NCPU >= 2)); then
     TARGET_CPU=${TARGET_CPU:-0} LOAD_CPU=${LOAD_CPU:-1} BACKEND_CPU=${BACKEND_CPU:-1}
+    LAT_BACKEND_CPU=${LAT_BACKEND_CPU:-$TARGET_CPU}
 else
     log "warning: only $NCPU CPU: no pinning apart, figures mean little"
-    TARGET_CPU=0 LOAD_CPU=0 BACKEND_CPU=0
+    TARGET_CPU=0 LOAD_CPU=0 BACKEND_CPU=0 LAT_BACKEND_CPU=0
 fi
 
 # Open files: 5,000 idle connections through a proxy are 10,000 sockets in it.
@@ -461,6 +466,7 @@ write_meta() {
         echo "target_cpu=$TARGET_CPU"
         echo "load_cpu=$LOAD_CPU"
         echo "backend_cpu=$BACKEND_CPU"
+        echo "lat_backend_cpu=$LAT_BACKEND_CPU"
         echo "wsgate_max_message_size=$WSGATE_MAX_MESSAGE"
         echo "wsgate_receive_buffer_size=$WSGATE_RECEIVE_BUFFER"
         echo "wsgate_threads=${WSGATE_THREADS:-?}"
@@ -525,11 +531,16 @@ LAT_TARGETS=()
 for t in direct wsgate-echo wsgate-relay wsgate-passthrough nginx haproxy; do
     [[ ${AVAIL[$t]} == 1 ]] && LAT_TARGETS+=("$t")
 done
+# The backend behind the proxies joins direct's on LAT_BACKEND_CPU (see CPUs above); -a moves
+# every thread of it.
+taskset -a -p -c "$LAT_BACKEND_CPU" "$UPSTREAM_PID" >/dev/null || die "could not move the backend"
 for ((r = 1; r <= LAT_ROUNDS; r++)); do
     log "latency round $r of $LAT_ROUNDS"
-    for t in "${LAT_TARGETS[@]}"; do run_latency "$t" latency-1conn "$r" 1 "$LAT1_RATE" 20; done
-    for t in "${LAT_TARGETS[@]}"; do run_latency "$t" latency-load "$r" "$LAT_CONNS" "$LAT_RATE" 1KiB; done
+    mapfile -t order < <(rotate $((r - 1)) "${LAT_TARGETS[@]}")
+    for t in "${order[@]}"; do run_latency "$t" latency-1conn "$r" 1 "$LAT1_RATE" 20; done
+    for t in "${order[@]}"; do run_latency "$t" latency-load "$r" "$LAT_CONNS" "$LAT_RATE" 1KiB; done
 done
+taskset -a -p -c "$BACKEND_CPU" "$UPSTREAM_PID" >/dev/null || die "could not move the backend"
 
 # Idle memory: a fresh process per target, so memory freed by the throughput runs and kept by the
 # allocator does not hide what the idle connections cost.
