@@ -103,15 +103,26 @@ impl Filled {
         w: &mut W,
         cx: &mut Context<'_>,
     ) -> Poll<io::Result<()>> {
-        while !self.is_empty() {
-            let n = ready!(Pin::new(&mut *w).poll_write(cx, self.bytes()))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            self.start += n;
-        }
-        Poll::Ready(Ok(()))
+        poll_write_all(w, cx, &self.buf[..self.end], &mut self.start)
     }
+}
+
+/// Writes `data[*written..]`; `Ready(Ok(()))` once all of it is written. `written` counts what
+/// went out, also across calls that return `Pending` and when one fails.
+pub fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
+    w: &mut W,
+    cx: &mut Context<'_>,
+    data: &[u8],
+    written: &mut usize,
+) -> Poll<io::Result<()>> {
+    while *written < data.len() {
+        let n = ready!(Pin::new(&mut *w).poll_write(cx, &data[*written..]))?;
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        *written += n;
+    }
+    Poll::Ready(Ok(()))
 }
 
 /// Polls one read of at most `limit` bytes into a lent buffer. `Ready(Ok(None))` is end of

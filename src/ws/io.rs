@@ -21,7 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::frames::InFrame;
 use super::stream;
-use crate::buffer::{poll_read_lent, Filled, Lent, BUFFER_SIZE};
+use crate::buffer::{poll_read_lent, poll_write_all, Filled, Lent, BUFFER_SIZE};
 
 /// Wraps a leg's read half: reads at most `receive_buffer_size` (ASP.NET Core's
 /// ReceiveBufferSize) while waiting for a message, serves those bytes to the next reader, and
@@ -187,14 +187,7 @@ impl<W: AsyncWrite + Unpin> LegWrite<W> {
         written: &mut usize,
     ) -> Poll<io::Result<()>> {
         ready!(self.poll_drain(cx))?;
-        while *written < data.len() {
-            let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &data[*written..]))?;
-            if n == 0 {
-                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-            }
-            *written += n;
-        }
-        Poll::Ready(Ok(()))
+        poll_write_all(&mut self.inner, cx, data, written)
     }
 
     /// Writes out what was gathered; the buffer goes back once it is all out.
