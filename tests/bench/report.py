@@ -13,8 +13,9 @@ import statistics
 from collections import defaultdict
 from html import escape
 
-TARGETS = [
+PLAIN_TARGETS = [
     "direct",
+    "cpu1-only",
     "wsgate-echo",
     "wsgate-relay",
     "wsgate-passthrough",
@@ -23,8 +24,19 @@ TARGETS = [
     "haproxy",
     "haproxy-64k",
 ]
+# The same programs serving wss:// (run.sh's TLS_TARGETS): throughput only.
+TLS_TARGETS = [
+    "direct+tls",
+    "wsgate-echo+tls",
+    "wsgate-relay+tls",
+    "wsgate-passthrough+tls",
+    "nginx+tls",
+    "haproxy-64k+tls",
+]
+TARGETS = PLAIN_TARGETS + TLS_TARGETS
 COLORS = {
     "direct": "#7f7f7f",
+    "cpu1-only": "#c7c7c7",
     "wsgate-echo": "#1f4e9c",
     "wsgate-relay": "#3b7dd8",
     "wsgate-passthrough": "#8db8f0",
@@ -33,6 +45,7 @@ COLORS = {
     "haproxy": "#d9822b",
     "haproxy-64k": "#f2c18d",
 }
+COLORS.update({t: COLORS[t.removesuffix("+tls")] for t in TLS_TARGETS})
 
 
 def size_label(s):
@@ -107,6 +120,13 @@ class Data:
         v = self.meta.get(f"avail.{t}")
         return v is None or v == "yes"
 
+    def started(self, t):
+        """Whether this run tried the target at all (TLS=0 runs have no wss:// targets)."""
+        return f"avail.{t}" in self.meta or any(k[0] == t for k in self.tp)
+
+    def tls_suites(self):
+        return sorted({r["tls"] for rs in self.tp.values() for r in rs if r.get("tls")})
+
     def why(self, t):
         return self.meta.get(f"avail.{t}", "not measured")
 
@@ -158,14 +178,27 @@ def checks(d):
             ratio = va / vb
             ca, cb = d.tp_med(a, s, "target_cpu_us_per_msg"), d.tp_med(b, s, "target_cpu_us_per_msg")
             cpu = f"; by CPU/msg {cb / ca:.2f}×" if ca and cb else ""
+            # Plain proxied targets load CPU 1 as cpu1-only does; near it, the ratio measures
+            # CPU 1, not the two targets.
+            c1 = d.tp_med("cpu1-only", s) if not a.endswith("+tls") and b != "direct" else None
+            if c1:
+                cpu += f"; {va / c1:.0%} and {vb / c1:.0%} of cpu1-only"
             out.append((what, f"{ratio:.2f}× ({fmt_rate(va)} vs {fmt_rate(vb)} msgs/s{cpu})",
                         f"≥ {threshold:.2f}×", "PASS" if ratio >= threshold else "FAIL"))
 
-    ratio_check("echo / direct", "wsgate-echo", "direct", d.sizes, 0.95)
-    ratio_check("passthrough / nginx", "wsgate-passthrough", "nginx", ["20", "1KiB"], 1.2)
-    ratio_check("passthrough / haproxy-64k", "wsgate-passthrough", "haproxy-64k", ["16KiB", "1MiB"], 1.0)
-    ratio_check("relay / nginx", "wsgate-relay", "nginx", ["20", "1KiB"], 1.0)
-    ratio_check("relay / passthrough", "wsgate-relay", "wsgate-passthrough", ["1MiB"], 0.8)
+    # The throughput targets hold for plain TCP and, when this run had them, for TLS.
+    for sfx, label in [("", ""), ("+tls", " (TLS)")]:
+        if sfx and not d.started("direct" + sfx):
+            continue
+        ratio_check("echo / direct" + label, "wsgate-echo" + sfx, "direct" + sfx, d.sizes, 0.95)
+        ratio_check("passthrough / nginx" + label, "wsgate-passthrough" + sfx, "nginx" + sfx,
+                    ["20", "1KiB"], 1.2)
+        ratio_check("passthrough / haproxy-64k" + label, "wsgate-passthrough" + sfx,
+                    "haproxy-64k" + sfx, ["16KiB", "1MiB"], 1.0)
+        ratio_check("relay / nginx" + label, "wsgate-relay" + sfx, "nginx" + sfx, ["20", "1KiB"],
+                    1.0)
+        ratio_check("relay / passthrough" + label, "wsgate-relay" + sfx,
+                    "wsgate-passthrough" + sfx, ["1MiB"], 0.8)
 
     base = d.lat_med("latency-1conn", "direct", "p50_us")
     for t in ["wsgate-echo", "wsgate-relay", "wsgate-passthrough"]:
@@ -225,7 +258,8 @@ def report_md(d):
     L.append(f"| pinning | target under test on CPU {m.get('target_cpu')}, load generator on CPU "
              f"{m.get('load_cpu')}, echo backend behind the proxies on CPU {m.get('backend_cpu')} "
              f"for throughput and on CPU {m.get('lat_backend_cpu', m.get('backend_cpu'))} for "
-             f"latency (direct's backend is on CPU {m.get('target_cpu')}) |")
+             f"latency (direct's backend is on CPU {m.get('target_cpu')}; cpu1-only's on CPU "
+             f"{m.get('load_cpu')}) |")
     L.append(f"| throughput runs | {m.get('rounds')} rounds × {m.get('duration')} "
              f"(after {m.get('warmup')} warm-up), interleaved; {m.get('conns')} connections "
              f"({m.get('conns_1mib')} at 1 MiB); in flight per connection: {m.get('in_flight')} |")
@@ -237,12 +271,22 @@ def report_md(d):
              "default buffers, and `-64k`: `proxy_buffer_size 64k` |")
     L.append("| HAProxy | `nbthread 1`, `mode http`; default `tune.bufsize` (16 KiB), and `-64k`: "
              "`tune.bufsize 65536` |")
+    if d.started("direct+tls"):
+        suites = ", ".join(f"`{x}`" for x in d.tls_suites()) or "?"
+        L.append(f"| TLS (`+tls` targets, throughput only) | the client's TLS ends at the target, "
+                 f"which forwards plain ws:// to the same backend; negotiated: {suites} (the only "
+                 f"suite the load generator offers); P-256 certificate signed by a CA made for the "
+                 f"run; wsgate and direct: rustls (ring), nginx and HAProxy: their OpenSSL; "
+                 f"nginx `listen ssl` with `ssl_protocols TLSv1.2 TLSv1.3` (1.22 leaves 1.3 out by "
+                 f"default), HAProxy `bind ssl crt`, other TLS settings default |")
     L.append("")
 
     L.append("## Targets\n")
     L.append("| target | status |")
     L.append("| --- | --- |")
     for t in TARGETS:
+        if t in TLS_TARGETS and not d.started(t):
+            continue
         L.append(f"| {t} | {'measured' if d.avail(t) else 'not available: ' + escape(d.why(t))} |")
     L.append("")
 
@@ -250,7 +294,10 @@ def report_md(d):
     L.append("Throughput ratios compare medians. \"by CPU/msg\" is the same ratio computed from the "
              "target's CPU time per message instead: what the ratio would be if both were limited "
              "by their own CPU (on 2 cores the load generator and the backend share CPU 1, so a "
-             "proxy may be held back by CPU 1 rather than by itself; see *bound* below).\n")
+             "proxy may be held back by CPU 1 rather than by itself; see *bound* below). \"of "
+             "cpu1-only\": each target's rate against the load generator talking straight to a "
+             "backend on CPU 1, with no proxy; two proxies both near 100% of it are both held back "
+             "by CPU 1, and their ratio cannot show which is faster.\n")
     L.append("| check | measured | target | result |")
     L.append("| --- | --- | --- | --- |")
     for what, measured, thr, verdict in checks(d):
@@ -362,9 +409,9 @@ def nice_max(x):
     return 10 * e
 
 
-def svg_chart(d):
+def svg_chart(d, among, title):
     sizes = d.sizes
-    targets = d.targets
+    targets = [t for t in d.targets if t in among]
     cols = 2 if len(sizes) > 1 else 1
     rows = math.ceil(len(sizes) / cols)
     pw, ph = 470, 300  # panel
@@ -376,7 +423,7 @@ def svg_chart(d):
          f'viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="11">',
          f'<rect width="{W}" height="{H}" fill="white"/>',
          f'<text x="{W / 2}" y="20" text-anchor="middle" font-size="15" font-weight="bold">'
-         f'Echoed messages per second (median, whiskers min–max)'
+         f'{escape(title)}: echoed messages per second (median, whiskers min–max)'
          f'{" — QUICK run, not figures" if d.meta.get("quick") == "1" else ""}</text>']
     for i, s in enumerate(sizes):
         px = 10 + (i % cols) * pw
@@ -420,7 +467,7 @@ def svg_chart(d):
                      f'font-size="10">{escape(t)}</text>')
     ly = 30 + rows * ph + 15
     lx = 20
-    for t in TARGETS:
+    for t in among:
         o.append(f'<rect x="{lx}" y="{ly - 10}" width="12" height="12" fill="{COLORS[t]}"/>')
         o.append(f'<text x="{lx + 16}" y="{ly}">{escape(t)}'
                  f'{"" if d.avail(t) else " (not available)"}</text>')
@@ -442,7 +489,10 @@ def main():
     with open(f"{a.out}/report.md", "w") as f:
         f.write(report_md(d))
     with open(f"{a.out}/throughput.svg", "w") as f:
-        f.write(svg_chart(d))
+        f.write(svg_chart(d, PLAIN_TARGETS, "ws://"))
+    if d.started("direct+tls"):
+        with open(f"{a.out}/throughput-tls.svg", "w") as f:
+            f.write(svg_chart(d, TLS_TARGETS, "wss:// (TLS)"))
 
 
 if __name__ == "__main__":

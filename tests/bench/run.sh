@@ -2,11 +2,13 @@
 # wsgate side by side with a bare backend, nginx and HAProxy: the one command that reproduces
 # the figures. See tests/bench/README.md.
 #
-#   tests/bench/run.sh            full run (ROUNDS=5, DURATION=5s: about 25 minutes)
+#   tests/bench/run.sh            full run (ROUNDS=5, DURATION=5s: about 40 minutes)
+#   TLS=0 tests/bench/run.sh      the same without the wss:// targets (about 25 minutes)
 #   QUICK=1 tests/bench/run.sh    one round of 1 s at two sizes (harness check, not figures)
-#   tests/bench/run.sh --smoke    direct and wsgate echo only, 1 KiB, no apt-get (CI smoke test)
+#   tests/bench/run.sh --smoke    direct and wsgate echo, plain and TLS, 1 KiB, no apt-get (CI)
 #
-# Output: target/bench/report.md, target/bench/throughput.svg, target/bench/results.jsonl,
+# Output: target/bench/report.md, target/bench/throughput.svg (and throughput-tls.svg),
+# target/bench/results.jsonl,
 # target/bench/logs/ (configs and logs of every program it started).
 #
 # Every program listens on 127.0.0.1 on a port chosen at run time, and all traffic goes to
@@ -19,7 +21,7 @@ case "${1:-}" in
     --smoke) MODE=smoke ;;
     "") ;;
     -h | --help)
-        sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -42,6 +44,9 @@ LAT_ROUNDS=${LAT_ROUNDS:-5}
 LAT1_RATE=${LAT1_RATE:-1000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_CONNS=${LAT_CONNS:-10}
+# wss:// targets (throughput only): the client's TLS ends at the target, which forwards plain
+# ws:// to the same backend, as a TLS-terminating gateway is deployed.
+TLS=${TLS:-1}
 # What the wsgate configs set (recorded in the report): 2 MiB so 1 MiB messages fit; 64 KiB for the
 # read that waits for a message (nginx-64k and haproxy-64k get the same buffer size).
 WSGATE_MAX_MESSAGE=${WSGATE_MAX_MESSAGE:-2MiB}
@@ -130,12 +135,23 @@ cargo build --release --quiet -p wsgate -p wsgate-bench || die "release build fa
 BIN_DIR=${CARGO_TARGET_DIR:-$ROOT/target}/release
 WSGATE=$BIN_DIR/wsgate
 BENCH=$BIN_DIR/wsgate-bench
+# The wss:// targets' certificate, signed by a CA made for this run (the load generator trusts
+# only that CA).
+CERTS=$WORK/certs
+"$BENCH" certs --out "$CERTS" || die "could not write the TLS certificates"
 
 # ---------------------------------------------------------------------------------------------
 # Targets. For each: URL, PIDs whose CPU is the target's, PIDs whose RSS is measured, whether it
 # works (AVAIL=1) or why not.
 declare -A URL CPU_PIDS RSS_PIDS AVAIL WHY AUX_PIDS
-ALL_TARGETS=(direct wsgate-echo wsgate-relay wsgate-passthrough nginx nginx-64k haproxy haproxy-64k)
+# cpu1-only is no proxy: the load generator talks straight to a backend on its own CPU 1. It is
+# what CPU 1 carries with nothing in between, so a proxied target that runs near it is held back
+# by CPU 1 (load generator + backend), not by itself.
+ALL_TARGETS=(direct cpu1-only wsgate-echo wsgate-relay wsgate-passthrough nginx nginx-64k haproxy haproxy-64k)
+# Over TLS, the proxies the checks compare with: nginx with default buffers (20 B, 1 KiB) and
+# HAProxy with 64 KiB buffers (16 KiB, 1 MiB).
+TLS_TARGETS=(direct+tls wsgate-echo+tls wsgate-relay+tls wsgate-passthrough+tls nginx+tls haproxy-64k+tls)
+((TLS)) && ALL_TARGETS+=("${TLS_TARGETS[@]}")
 for t in "${ALL_TARGETS[@]}"; do AVAIL[$t]=0 WHY[$t]="not started"; done
 
 # wait_line FILE REGEX SECONDS PID: prints the first line of FILE matching REGEX.
@@ -155,23 +171,30 @@ wait_line() {
 
 children_of() { pgrep -P "$1" | tr '\n' ' '; }
 
-# start_backend NAME CPU: sets REPLY to its address and LAST_PID.
+# start_backend NAME CPU [tls]: sets REPLY to its address and LAST_PID.
 start_backend() {
-    local name=$1 cpu=$2
-    taskset -c "$cpu" "$BENCH" backend --listen 127.0.0.1:0 >"$WORK/$name.out" 2>"$WORK/$name.err" &
+    local name=$1 cpu=$2 tls=()
+    [[ ${3:-} == tls ]] && tls=(--tls-cert "$CERTS/server.crt" --tls-key "$CERTS/server.key")
+    taskset -c "$cpu" "$BENCH" backend --listen 127.0.0.1:0 "${tls[@]}" \
+        >"$WORK/$name.out" 2>"$WORK/$name.err" &
     LAST_PID=$!
     STARTED+=("$LAST_PID")
     REPLY=$(wait_line "$WORK/$name.out" '^127\.0\.0\.1:[0-9]+$' 10 "$LAST_PID") ||
         die "$name did not start (see $WORK/$name.err)"
 }
 
-# start_wsgate NAME MODE [UPSTREAM_ADDR]: one wsgate process per mode, route /ws.
+# start_wsgate NAME MODE UPSTREAM_ADDR|"" [tls]: one wsgate process per mode, route /ws.
 start_wsgate() {
-    local name=$1 mode=$2 upstream=${3:-} cfg=$WORK/$1.yaml line
+    local name=$1 mode=$2 upstream=${3:-} tls=${4:-} cfg=$WORK/$1.yaml line
     {
-        echo "# wsgate-bench: $mode"
+        echo "# wsgate-bench: $mode${tls:+ over TLS}"
         echo "listen:"
         echo "  - address: 127.0.0.1:0"
+        if [[ $tls == tls ]]; then
+            echo "    tls:"
+            echo "      certificates:"
+            echo "        - { cert: $CERTS/server.crt, key: $CERTS/server.key }"
+        fi
         echo "log_level: info"
         echo "shutdown_grace: 2s"
         echo "websockets:"
@@ -227,9 +250,9 @@ install_proxies() {
     find_proxies
 }
 
-# start_nginx NAME BACKEND_ADDR default|64k
+# start_nginx NAME BACKEND_ADDR default|64k [tls]
 start_nginx() {
-    local name=$1 backend=$2 bufs=$3 dir=$WORK/$1 port
+    local name=$1 backend=$2 bufs=$3 tls=${4:-} dir=$WORK/$1 port
     port=$("$BENCH" freeport)
     mkdir -p "$dir"
     local buffers=""
@@ -237,8 +260,13 @@ start_nginx() {
         # proxy_buffer_size is the buffer of each direction of an upgraded connection.
         buffers="proxy_buffer_size 64k; proxy_buffers 8 64k; proxy_busy_buffers_size 128k;"
     fi
+    local listen="listen 127.0.0.1:$port;"
+    if [[ $tls == tls ]]; then
+        # ssl_protocols: nginx before 1.23.4 leaves TLS 1.3 out of its default list.
+        listen="listen 127.0.0.1:$port ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $CERTS/server.crt; ssl_certificate_key $CERTS/server.key;"
+    fi
     cat >"$dir/nginx.conf" <<EOF
-# wsgate-bench: nginx, 1 worker, $bufs buffers
+# wsgate-bench: nginx, 1 worker, $bufs buffers${tls:+, TLS}
 daemon off;
 master_process on;
 worker_processes 1;
@@ -254,7 +282,7 @@ http {
     uwsgi_temp_path $dir/uwsgi;
     scgi_temp_path $dir/scgi;
     server {
-        listen 127.0.0.1:$port;
+        $listen
         location / {
             proxy_pass http://$backend;
             proxy_http_version 1.1;
@@ -276,15 +304,17 @@ EOF
     REPLY=127.0.0.1:$port
 }
 
-# start_haproxy NAME BACKEND_ADDR default|64k
+# start_haproxy NAME BACKEND_ADDR default|64k [tls]
 start_haproxy() {
-    local name=$1 backend=$2 bufs=$3 dir=$WORK/$1 port
+    local name=$1 backend=$2 bufs=$3 tls=${4:-} dir=$WORK/$1 port
     port=$("$BENCH" freeport)
     mkdir -p "$dir"
     local tune=""
     [[ $bufs == 64k ]] && tune="    tune.bufsize 65536"
+    local ssl=""
+    [[ $tls == tls ]] && ssl=" ssl crt $CERTS/server.pem"
     cat >"$dir/haproxy.cfg" <<EOF
-# wsgate-bench: haproxy, 1 thread, $bufs buffers
+# wsgate-bench: haproxy, 1 thread, $bufs buffers${tls:+, TLS}
 global
     nbthread 1
     maxconn 8000
@@ -298,7 +328,7 @@ defaults
     timeout tunnel 1h
 
 frontend fe
-    bind 127.0.0.1:$port
+    bind 127.0.0.1:$port$ssl
     default_backend be
 
 backend be
@@ -317,7 +347,7 @@ EOF
 probe() {
     local t=$1 out=""
     for _ in $(seq 50); do
-        out=$("$BENCH" probe --url "${URL[$t]}" --timeout 2s 2>/dev/null) && {
+        out=$("$BENCH" probe --url "${URL[$t]}" --ca "$CERTS/ca.crt" --timeout 2s 2>/dev/null) && {
             AVAIL[$t]=1 WHY[$t]=""
             return 0
         }
@@ -330,41 +360,47 @@ probe() {
 }
 
 # start_target TARGET PREFIX: starts a fresh instance; sets URL, CPU_PIDS, RSS_PIDS, AUX_PIDS.
+# A "+tls" target is its plain namesake serving wss:// with the run's certificate.
 start_target() {
-    local t=$1 name=$2$1 pid
-    case $t in
+    local t=$1 name=$2$1 pid base=${1%+tls} tls="" scheme=ws
+    [[ $t == *+tls ]] && tls=tls scheme=wss
+    case $base in
     direct)
-        start_backend "$name" "$TARGET_CPU"
+        start_backend "$name" "$TARGET_CPU" $tls
         pid=$LAST_PID
         ;;
-    wsgate-echo) start_wsgate "$name" echo && pid=$LAST_PID ;;
-    wsgate-relay) start_wsgate "$name" relay "$UPSTREAM" && pid=$LAST_PID ;;
-    wsgate-passthrough) start_wsgate "$name" passthrough "$UPSTREAM" && pid=$LAST_PID ;;
+    cpu1-only)
+        start_backend "$name" "$LOAD_CPU"
+        pid=$LAST_PID
+        ;;
+    wsgate-echo) start_wsgate "$name" echo "" $tls && pid=$LAST_PID ;;
+    wsgate-relay) start_wsgate "$name" relay "$UPSTREAM" $tls && pid=$LAST_PID ;;
+    wsgate-passthrough) start_wsgate "$name" passthrough "$UPSTREAM" $tls && pid=$LAST_PID ;;
     nginx | nginx-64k | haproxy | haproxy-64k)
         local bufs=default
-        [[ $t == *-64k ]] && bufs=64k
-        if [[ $t == nginx* ]]; then
+        [[ $base == *-64k ]] && bufs=64k
+        if [[ $base == nginx* ]]; then
             [[ -n $NGINX ]] || {
                 WHY[$t]="nginx is not installed"
                 return 0
             }
-            start_nginx "$name" "$UPSTREAM" "$bufs"
+            start_nginx "$name" "$UPSTREAM" "$bufs" $tls
         else
             [[ -n $HAPROXY ]] || {
                 WHY[$t]="haproxy is not installed"
                 return 0
             }
-            start_haproxy "$name" "$UPSTREAM" "$bufs"
+            start_haproxy "$name" "$UPSTREAM" "$bufs" $tls
         fi
         pid=$LAST_PID
         ;;
     esac
-    URL[$t]="ws://$REPLY/ws"
+    URL[$t]="$scheme://$REPLY/ws"
     probe "$t"
     CPU_PIDS[$t]=$pid
     RSS_PIDS[$t]=$pid
     AUX_PIDS[$t]=""
-    [[ $t == direct || $t == wsgate-echo ]] || AUX_PIDS[$t]=$UPSTREAM_PID
+    [[ $base == direct || $base == cpu1-only || $base == wsgate-echo ]] || AUX_PIDS[$t]=$UPSTREAM_PID
     if [[ $t == nginx* && ${AVAIL[$t]} == 1 ]]; then
         # The master forks the worker; both count (the master is idle).
         CPU_PIDS[$t]="$pid $(children_of "$pid")"
@@ -405,7 +441,7 @@ run_load() { # TARGET SIZE ROUND
     k=${IN_FLIGHT:-$k}
     local -a extra
     mapfile -t extra < <(pid_args --cpu-pid ${CPU_PIDS[$t]}; pid_args --aux-cpu-pid ${AUX_PIDS[$t]})
-    out=$(taskset -c "$LOAD_CPU" "$BENCH" load --url "${URL[$t]}" --connections "$conns" \
+    out=$(taskset -c "$LOAD_CPU" "$BENCH" load --url "${URL[$t]}" --ca "$CERTS/ca.crt" --connections "$conns" \
         --size "$size" --in-flight "$k" --duration "$DURATION" --warmup "$WARMUP" \
         --label "$t" "${extra[@]}" 2>"$WORK/last.err") || true
     record throughput "$t" "$size" "$round" "$out" "$WORK/last.err"
@@ -421,7 +457,7 @@ run_latency() { # TARGET SCENARIO ROUND CONNS RATE SIZE
     local t=$1 sc=$2 round=$3 conns=$4 rate=$5 size=$6 out
     local -a extra
     mapfile -t extra < <(pid_args --cpu-pid ${CPU_PIDS[$t]}; pid_args --aux-cpu-pid ${AUX_PIDS[$t]})
-    out=$(taskset -c "$LOAD_CPU" "$BENCH" latency --url "${URL[$t]}" --connections "$conns" \
+    out=$(taskset -c "$LOAD_CPU" "$BENCH" latency --url "${URL[$t]}" --ca "$CERTS/ca.crt" --connections "$conns" \
         --rate "$rate" --size "$size" --duration "$DURATION" --warmup "$WARMUP" \
         --label "$t" "${extra[@]}" 2>"$WORK/last.err") || true
     record "$sc" "$t" "$size" "$round" "$out" "$WORK/last.err"
@@ -470,6 +506,7 @@ write_meta() {
         echo "wsgate_max_message_size=$WSGATE_MAX_MESSAGE"
         echo "wsgate_receive_buffer_size=$WSGATE_RECEIVE_BUFFER"
         echo "wsgate_threads=${WSGATE_THREADS:-?}"
+        echo "tls=$TLS"
         for t in "${ALL_TARGETS[@]}"; do
             if [[ ${AVAIL[$t]} == 1 ]]; then echo "avail.$t=yes"; else echo "avail.$t=${WHY[$t]}"; fi
         done
@@ -478,10 +515,9 @@ write_meta() {
 
 # ---------------------------------------------------------------------------------------------
 if [[ $MODE == smoke ]]; then
-    start_target direct ""
-    start_target wsgate-echo ""
     rc=0
-    for t in direct wsgate-echo; do
+    for t in direct wsgate-echo direct+tls wsgate-echo+tls; do start_target "$t" ""; done
+    for t in direct wsgate-echo direct+tls wsgate-echo+tls; do
         if [[ ${AVAIL[$t]} != 1 ]]; then
             log "FAIL $t: ${WHY[$t]}"
             rc=1
@@ -554,7 +590,7 @@ for t in direct wsgate-echo wsgate-relay wsgate-passthrough nginx haproxy; do
     [[ ${AVAIL[$t]} == 1 ]] || continue
     sleep 1
     mapfile -t pids < <(pid_args --pid ${RSS_PIDS[$t]})
-    out=$(taskset -c "$LOAD_CPU" "$BENCH" idle --url "${URL[$t]}" --connections "$IDLE_CONNS" \
+    out=$(taskset -c "$LOAD_CPU" "$BENCH" idle --url "${URL[$t]}" --ca "$CERTS/ca.crt" --connections "$IDLE_CONNS" \
         "${pids[@]}" --label "$t" 2>"$WORK/last.err") || true
     record idle "$t" "-" 1 "$out" "$WORK/last.err"
     [[ $out == "{"* ]] && log "$(printf '%-19s idle %s' "$t" "$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("%d open, %.2f KiB/connection" % (r["opened"], r["kib_per_conn"]))' "$out")")"
@@ -563,4 +599,4 @@ for t in direct wsgate-echo wsgate-relay wsgate-passthrough nginx haproxy; do
 done
 
 python3 "$ROOT/tests/bench/report.py" --results "$RESULTS" --meta "$OUT/meta.env" --out "$OUT"
-log "report: $OUT/report.md, chart: $OUT/throughput.svg"
+log "report: $OUT/report.md, charts: $OUT/throughput.svg$( ((TLS)) && echo " $OUT/throughput-tls.svg")"

@@ -3,10 +3,12 @@
 //! "direct" target, and the upstream that relay, passthrough, nginx and HAProxy forward to.
 //!
 //! Frames are echoed one by one as they arrive (no reassembly), like wsgate's echo. Any plain
-//! HTTP request gets 200 "ok", so it doubles as a health endpoint.
+//! HTTP request gets 200 "ok", so it doubles as a health endpoint. With a certificate it serves
+//! wss:// through tokio-rustls, as a bare server terminating its own TLS would.
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use anyhow::Context;
 use bytes::Bytes;
@@ -19,7 +21,11 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
+pub fn run(listen: SocketAddr, tls: Option<(PathBuf, PathBuf)>) -> anyhow::Result<()> {
+    let acceptor = match tls {
+        Some((cert, key)) => Some(crate::tls::acceptor(&cert, &key)?),
+        None => None,
+    };
     let rt = crate::runtime()?;
     rt.block_on(async move {
         let listener = TcpListener::bind(listen)
@@ -40,14 +46,28 @@ pub fn run(listen: SocketAddr) -> anyhow::Result<()> {
                 }
             };
             let _ = stream.set_nodelay(true);
+            let acceptor = acceptor.clone();
             tokio::spawn(async move {
-                let conn = http1::Builder::new()
-                    .serve_connection(TokioIo::new(stream), service_fn(handle))
-                    .with_upgrades();
-                let _ = conn.await;
+                match acceptor {
+                    None => serve(stream).await,
+                    Some(acceptor) => match acceptor.accept(stream).await {
+                        Ok(stream) => serve(stream).await,
+                        Err(e) => eprintln!("backend: TLS handshake: {e}"),
+                    },
+                }
             });
         }
     })
+}
+
+async fn serve<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = http1::Builder::new()
+        .serve_connection(TokioIo::new(stream), service_fn(handle))
+        .with_upgrades();
+    let _ = conn.await;
 }
 
 async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, WebSocketError> {
@@ -57,10 +77,14 @@ async fn handle(mut req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Web
     let (response, fut) = upgrade::upgrade(&mut req)?;
     tokio::spawn(async move {
         if let Err(e) = echo(fut).await {
-            if !matches!(
-                e,
-                WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed
-            ) {
+            // A load generator that stops just drops its connections: over TLS that is an EOF
+            // without close_notify, which is no failure of the run either.
+            let dropped = match &e {
+                WebSocketError::UnexpectedEOF | WebSocketError::ConnectionClosed => true,
+                WebSocketError::IoError(io) => io.kind() == std::io::ErrorKind::UnexpectedEof,
+                _ => false,
+            };
+            if !dropped {
                 eprintln!("backend: connection ended: {e}");
             }
         }

@@ -5,26 +5,44 @@
 //! WebSocket library: frames are prebuilt once (masked with an all-zero key, which is a valid
 //! mask that costs no XOR; the server still unmasks as it must), several are written with one
 //! syscall, and the reader walks frame headers in a 256 KiB buffer without copying payloads.
+//!
+//! `wss://` URLs go through rustls (see [`crate::tls`]); plain ones use tokio's owned socket
+//! halves, which take no lock per read or write.
 
+use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Target {
     pub addr: SocketAddr,
     pub host_header: String,
     pub path: String,
+    /// For `wss://`: the connector and the name the certificate must hold.
+    pub tls: Option<(TlsConnector, ServerName<'static>)>,
 }
 
-/// `ws://HOST:PORT/PATH` where HOST is a loopback IP literal or `localhost`.
-pub fn parse_url(url: &str) -> anyhow::Result<Target> {
-    let rest = url
-        .strip_prefix("ws://")
-        .ok_or_else(|| anyhow!("{url:?}: only ws:// URLs are supported"))?;
+/// `ws://HOST:PORT/PATH` or `wss://...` where HOST is a loopback IP literal or `localhost`;
+/// `wss://` needs `ca`, the certificate the target's is signed by.
+pub fn parse_url(url: &str, ca: Option<&Path>) -> anyhow::Result<Target> {
+    let (secure, rest) = if let Some(rest) = url.strip_prefix("ws://") {
+        (false, rest)
+    } else if let Some(rest) = url.strip_prefix("wss://") {
+        (true, rest)
+    } else {
+        bail!("{url:?}: only ws:// and wss:// URLs are supported");
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -44,12 +62,120 @@ pub fn parse_url(url: &str) -> anyhow::Result<Target> {
     if !ip.is_loopback() {
         bail!("{url:?}: refusing a non-loopback target; this benchmark only talks to this machine");
     }
+    let tls = if secure {
+        let ca = ca.ok_or_else(|| anyhow!("{url:?}: a wss:// target needs --ca"))?;
+        let name = match host {
+            "localhost" => ServerName::try_from("localhost")?,
+            _ => ServerName::IpAddress(ip.into()),
+        };
+        Some((crate::tls::connector(ca)?, name))
+    } else {
+        None
+    };
     Ok(Target {
         addr: SocketAddr::new(ip, port),
         host_header: authority.to_string(),
         path: path.to_string(),
+        tls,
     })
 }
+
+/// A connection to a target, plain or TLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// The reading half of a [`Stream`].
+pub enum ReadHalf {
+    Plain(OwnedReadHalf),
+    Tls(tokio::io::ReadHalf<Box<TlsStream<TcpStream>>>),
+}
+
+/// The writing half of a [`Stream`].
+pub enum WriteHalf {
+    Plain(OwnedWriteHalf),
+    Tls(tokio::io::WriteHalf<Box<TlsStream<TcpStream>>>),
+}
+
+impl Stream {
+    pub fn into_split(self) -> (ReadHalf, WriteHalf) {
+        match self {
+            Stream::Plain(s) => {
+                let (r, w) = s.into_split();
+                (ReadHalf::Plain(r), WriteHalf::Plain(w))
+            }
+            Stream::Tls(s) => {
+                let (r, w) = tokio::io::split(s);
+                (ReadHalf::Tls(r), WriteHalf::Tls(w))
+            }
+        }
+    }
+
+    /// What a TLS connection negotiated (`TLSv1_3 TLS13_AES_128_GCM_SHA256`); `None` if plain.
+    pub fn tls_info(&self) -> Option<String> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(s) => Some(crate::tls::describe(s.get_ref().1)),
+        }
+    }
+}
+
+macro_rules! delegate_read {
+    ($ty:ident) => {
+        impl AsyncRead for $ty {
+            fn poll_read(
+                self: Pin<&mut Self>,
+                cx: &mut TaskContext<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_read(cx, buf),
+                }
+            }
+        }
+    };
+}
+
+macro_rules! delegate_write {
+    ($ty:ident) => {
+        impl AsyncWrite for $ty {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                cx: &mut TaskContext<'_>,
+                buf: &[u8],
+            ) -> Poll<io::Result<usize>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
+                    $ty::Tls(s) => Pin::new(s).poll_write(cx, buf),
+                }
+            }
+
+            fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_flush(cx),
+                }
+            }
+
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                cx: &mut TaskContext<'_>,
+            ) -> Poll<io::Result<()>> {
+                match self.get_mut() {
+                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
+                    $ty::Tls(s) => Pin::new(s).poll_shutdown(cx),
+                }
+            }
+        }
+    };
+}
+
+delegate_read!(Stream);
+delegate_read!(ReadHalf);
+delegate_write!(Stream);
+delegate_write!(WriteHalf);
 
 /// The upgrade was answered with something other than 101.
 #[derive(Debug)]
@@ -72,7 +198,7 @@ impl std::error::Error for Refused {}
 pub async fn connect(
     target: &Target,
     source: Option<Ipv4Addr>,
-) -> anyhow::Result<(TcpStream, Vec<u8>)> {
+) -> anyhow::Result<(Stream, Vec<u8>)> {
     let socket = match target.addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -87,16 +213,25 @@ pub async fn connect(
             .bind(SocketAddr::new(IpAddr::V4(src), 0))
             .with_context(|| format!("binding source {src}"))?;
     }
-    let mut stream = socket
+    let stream = socket
         .connect(target.addr)
         .await
         .with_context(|| format!("connecting to {}", target.addr))?;
     stream.set_nodelay(true)?;
+    let mut stream = match &target.tls {
+        None => Stream::Plain(stream),
+        Some((connector, name)) => Stream::Tls(Box::new(
+            connector
+                .connect(name.clone(), stream)
+                .await
+                .context("TLS handshake")?,
+        )),
+    };
     let leftover = handshake(&mut stream, target).await?;
     Ok((stream, leftover))
 }
 
-async fn handshake(stream: &mut TcpStream, target: &Target) -> anyhow::Result<Vec<u8>> {
+async fn handshake(stream: &mut Stream, target: &Target) -> anyhow::Result<Vec<u8>> {
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
@@ -345,8 +480,8 @@ impl FrameReader {
 }
 
 /// `probe`: one handshake and one echoed message; prints `ok` or why not.
-pub fn probe(url: &str, size: usize, timeout: Duration) -> anyhow::Result<()> {
-    let target = parse_url(url)?;
+pub fn probe(url: &str, ca: Option<&Path>, size: usize, timeout: Duration) -> anyhow::Result<()> {
+    let target = parse_url(url, ca)?;
     let rt = crate::runtime()?;
     let result: anyhow::Result<()> = rt.block_on(async {
         tokio::time::timeout(timeout, async {
@@ -462,10 +597,26 @@ mod tests {
 
     #[test]
     fn urls() {
-        let t = parse_url("ws://127.0.0.1:8080/ws").unwrap();
+        let t = parse_url("ws://127.0.0.1:8080/ws", None).unwrap();
         assert_eq!(t.addr, "127.0.0.1:8080".parse().unwrap());
         assert_eq!(t.path, "/ws");
-        assert!(parse_url("ws://10.0.0.1:80/").is_err());
-        assert!(parse_url("ws://example.com:80/").is_err());
+        assert!(parse_url("ws://10.0.0.1:80/", None).is_err());
+        assert!(parse_url("ws://example.com:80/", None).is_err());
+        assert!(t.tls.is_none());
+    }
+
+    #[test]
+    fn wss_urls_need_a_ca_and_check_the_address_they_name() {
+        let err = parse_url("wss://127.0.0.1:8443/ws", None).err().unwrap();
+        assert!(format!("{err:#}").contains("needs --ca"), "{err:#}");
+        let dir = std::env::temp_dir().join(format!("wsgate-bench-urls-{}", std::process::id()));
+        crate::tls::write_certs(&dir).unwrap();
+        let t = parse_url("wss://127.0.0.1:8443/ws", Some(&dir.join("ca.crt"))).unwrap();
+        let (_, name) = t.tls.as_ref().unwrap();
+        assert_eq!(name.to_str(), "127.0.0.1");
+        let t = parse_url("wss://localhost:8443/", Some(&dir.join("ca.crt"))).unwrap();
+        assert_eq!(t.tls.as_ref().unwrap().1.to_str(), "localhost");
+        assert!(parse_url("wss://127.0.0.1:8443/", Some(&dir.join("missing.crt"))).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -25,7 +25,7 @@ pub fn run(args: IdleArgs, nofile: u64) -> anyhow::Result<()> {
             args.connections
         );
     }
-    let target = client::parse_url(&args.url)?;
+    let target = client::parse_url(&args.url, args.trust.ca.as_deref())?;
     let rt = crate::runtime()?;
     let local = LocalSet::new();
     local.block_on(&rt, async move {

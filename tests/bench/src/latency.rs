@@ -28,11 +28,12 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     if args.rate == 0 || args.connections == 0 {
         bail!("--rate and --connections must be at least 1");
     }
-    let target = client::parse_url(&args.url)?;
+    let target = client::parse_url(&args.url, args.trust.ca.as_deref())?;
     let rt = crate::runtime()?;
     let local = LocalSet::new();
     local.block_on(&rt, async move {
         let mut writers = Vec::with_capacity(args.connections);
+        let mut tls = None;
         let hist = Rc::new(RefCell::new(
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds"),
         ));
@@ -47,6 +48,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             let (stream, leftover) = client::connect(&target, None)
                 .await
                 .with_context(|| format!("connection {} of {}", i + 1, args.connections))?;
+            if tls.is_none() {
+                tls = stream.tls_info();
+            }
             let (mut rh, wh) = stream.into_split();
             writers.push(wh);
             let (h, rcv, lost, dn, from) = (
@@ -156,6 +160,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             "connections_lost": lost_conns.get(),
         });
         cpu.fill(&mut out);
+        if let Some(tls) = tls {
+            out["tls"] = serde_json::json!(tls);
+        }
         println!("{out}");
         if h.is_empty() {
             bail!("no message was echoed during the window");

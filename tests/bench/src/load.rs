@@ -39,7 +39,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
     if args.connections == 0 || args.in_flight == 0 {
         bail!("--connections and --in-flight must be at least 1");
     }
-    let target = client::parse_url(&args.url)?;
+    let target = client::parse_url(&args.url, args.trust.ca.as_deref())?;
     let rt = crate::runtime()?;
     let local = LocalSet::new();
     local.block_on(&rt, async move {
@@ -50,6 +50,7 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("connection {} of {}", i + 1, args.connections))?;
             streams.push(s);
         }
+        let tls = streams.first().and_then(|(s, _)| s.tls_info());
 
         let payload: Vec<u8> = (0..args.size).map(|i| b'a' + (i % 26) as u8).collect();
         let frame = client::client_frame(&payload);
@@ -142,6 +143,9 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
             "elapsed_s": started.elapsed().as_secs_f64(),
         });
         cpu.fill(&mut out);
+        if let Some(tls) = tls {
+            out["tls"] = serde_json::json!(tls);
+        }
         let target_cpu = cpu.target;
         if !args.window.cpu_pids.is_empty() {
             out["target_cpu_us_per_msg"] = if msgs > 0 {

@@ -6,6 +6,7 @@
 //! - `latency`: open-loop at a fixed rate, latency measured from each message's intended send time.
 //! - `idle`: N idle WebSockets and the target's VmRSS before and after.
 //! - `cpu`: a process's CPU time over a window (the same figure `load --cpu-pid` reports).
+//! - `certs`: a CA and a server certificate for the wss:// targets.
 //! - `probe`, `freeport`: helpers for the script.
 //!
 //! Every client refuses targets that are not loopback addresses: this is a benchmark of programs
@@ -17,8 +18,10 @@ mod idle;
 mod latency;
 mod load;
 mod procfs;
+mod tls;
 mod units;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -40,6 +43,12 @@ enum Command {
     Backend {
         #[arg(long, default_value = "127.0.0.1:0")]
         listen: std::net::SocketAddr,
+        /// Serve wss:// with this certificate chain (PEM); needs --tls-key.
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Closed-loop throughput: one JSON line with msgs/s and MiB/s of echoed payload.
     Load(LoadArgs),
@@ -59,6 +68,8 @@ enum Command {
     Probe {
         #[arg(long)]
         url: String,
+        #[command(flatten)]
+        trust: Trust,
         #[arg(long, value_parser = units::parse_size, default_value = "16")]
         size: usize,
         #[arg(long, value_parser = units::parse_duration, default_value = "5s")]
@@ -66,13 +77,29 @@ enum Command {
     },
     /// Print a TCP port that is free on 127.0.0.1 right now (for programs that cannot bind :0).
     Freeport,
+    /// Write ca.crt, server.crt, server.key and server.pem (certificate + key) for the wss://
+    /// targets: a CA made now and a P-256 certificate for localhost and 127.0.0.1 signed by it.
+    Certs {
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// What a wss:// URL's certificate is checked against.
+#[derive(Args, Clone)]
+pub struct Trust {
+    /// CA certificate (PEM) for wss:// URLs, e.g. the ca.crt `certs` writes.
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
 pub struct LoadArgs {
-    /// ws://127.0.0.1:PORT/PATH
+    /// ws://127.0.0.1:PORT/PATH or wss://127.0.0.1:PORT/PATH
     #[arg(long)]
     pub url: String,
+    #[command(flatten)]
+    pub trust: Trust,
     #[arg(long, default_value_t = 100)]
     pub connections: usize,
     /// Payload bytes per message (20, 1KiB, 16KiB, 1MiB, ...).
@@ -108,6 +135,8 @@ pub struct Window {
 pub struct LatencyArgs {
     #[arg(long)]
     pub url: String,
+    #[command(flatten)]
+    pub trust: Trust,
     /// Messages per second, over all connections together.
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
@@ -124,6 +153,8 @@ pub struct LatencyArgs {
 pub struct IdleArgs {
     #[arg(long)]
     pub url: String,
+    #[command(flatten)]
+    pub trust: Trust,
     #[arg(long, default_value_t = 5000)]
     pub connections: usize,
     /// Process whose VmRSS is measured; repeat to sum several (nginx master + worker).
@@ -150,13 +181,23 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let nofile = procfs::raise_nofile_limit();
     let result = match cli.command {
-        Command::Backend { listen } => backend::run(listen),
+        Command::Backend {
+            listen,
+            tls_cert,
+            tls_key,
+        } => backend::run(listen, tls_cert.zip(tls_key)),
         Command::Load(args) => load::run(args),
         Command::Latency(args) => latency::run(args),
         Command::Idle(args) => idle::run(args, nofile),
         Command::Cpu { pids, duration } => cpu(pids, duration),
-        Command::Probe { url, size, timeout } => client::probe(&url, size, timeout),
+        Command::Probe {
+            url,
+            trust,
+            size,
+            timeout,
+        } => client::probe(&url, trust.ca.as_deref(), size, timeout),
         Command::Freeport => freeport(),
+        Command::Certs { out } => tls::write_certs(&out),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
