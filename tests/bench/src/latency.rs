@@ -116,6 +116,10 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
                 if let Err(e) = w.write_all(&frame).await {
                     bail!("sending: {e}");
                 }
+                // Over TLS, records a full socket held back must not wait for the next message.
+                if let Err(e) = w.flush().await {
+                    bail!("sending: {e}");
+                }
                 if intended >= record_from.get() {
                     sent_measured += 1;
                     lag.saturating_record(monotonic_ns().saturating_sub(intended).max(1));

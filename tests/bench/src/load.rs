@@ -104,6 +104,12 @@ pub fn run(args: LoadArgs) -> anyhow::Result<()> {
                         }
                         n -= k;
                     }
+                    // Over TLS, a write that met a full socket leaves records in rustls's buffer
+                    // until the next write; this task's next write waits for an echo, which may
+                    // need those very records. (Plain sockets: a no-op.)
+                    if wh.flush().await.is_err() {
+                        return;
+                    }
                 }
             });
         }
