@@ -3,6 +3,11 @@
 //! a symlink, and editors replace files by rename: both defeat watches on the old inode, while a
 //! cheap read every half second sees every real change. A change must stay put for one more
 //! poll (debounce) so a file caught mid-write is not loaded.
+//!
+//! Every read of the file happens on tokio's blocking pool, never on a worker: on a network
+//! filesystem that hangs, a read would otherwise stall every connection sharing that worker (all
+//! of them under the single-threaded scheduler). The watcher awaits each read before starting
+//! the next, so a hung one holds one blocking thread, not one per poll.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -19,18 +24,22 @@ const POLL: Duration = Duration::from_millis(500);
 /// Loads and applies the file once; errors are logged and counted, the old config stays.
 pub async fn reload_from(path: &Path, reloader: &Reloader) {
     let _ = notify::notify(&notify::reloading_message());
-    match config::load_file(path) {
-        Ok(config) => {
+    let owned = path.to_owned();
+    match tokio::task::spawn_blocking(move || config::load_file(&owned)).await {
+        Ok(Ok(config)) => {
             // The server logs and counts both outcomes of the swap itself.
             let _ = reloader.reload(config).await;
         }
-        Err(e) => reloader.rejected(&e),
+        Ok(Err(e)) => reloader.rejected(&e),
+        Err(e) => reloader.rejected(&format_args!("reading the configuration failed: {e}")),
     }
     let _ = notify::notify("READY=1");
 }
 
 /// Reloads whenever the file's contents change from what they are now (read at the call, not
 /// when the task first runs, so a change made right after is not missed). Runs until dropped.
+/// The first read happens in the call, on the caller's thread: it runs at startup, right after
+/// the same file was read to start the server.
 pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future<Output = ()> {
     let last = fingerprint(&path);
     watch_from(path, reloader, last)
@@ -39,12 +48,12 @@ pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future
 async fn watch_from(path: PathBuf, reloader: Reloader, mut last: Option<u64>) {
     loop {
         tokio::time::sleep(POLL).await;
-        let seen = fingerprint(&path);
+        let seen = fingerprint_off_worker(&path).await;
         if seen == last {
             continue;
         }
         tokio::time::sleep(POLL).await;
-        if fingerprint(&path) != seen {
+        if fingerprint_off_worker(&path).await != seen {
             continue; // still being written; look again next round
         }
         last = seen;
@@ -67,6 +76,14 @@ pub async fn on_sighup(
             None => info!("running on the embedded default; there is no file to reload"),
         }
     }
+}
+
+async fn fingerprint_off_worker(path: &Path) -> Option<u64> {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || fingerprint(&path))
+        .await
+        .ok()
+        .flatten()
 }
 
 fn fingerprint(path: &Path) -> Option<u64> {

@@ -338,7 +338,14 @@ impl Running {
     /// Validates and swaps in `config`. Nothing changes unless every step that can fail
     /// (certificates, CA files, binding new addresses) has succeeded.
     async fn reload(&mut self, config: Config) -> Result<u64, Error> {
-        let snapshot = Arc::new(Snapshot::new(config, self.shutdown.sockets_closing())?);
+        // Certificates, keys and CA files (the system's roots among them) are read on the
+        // blocking pool: a slow or hung filesystem must not stall the connections that share this
+        // worker while the old snapshot keeps serving them.
+        let closing = self.shutdown.sockets_closing().clone();
+        let snapshot = tokio::task::spawn_blocking(move || Snapshot::new(config, &closing))
+            .await
+            .map_err(|e| Error::Internal(format!("building the new snapshot failed: {e}")))??;
+        let snapshot = Arc::new(snapshot);
         let mut added = Vec::new();
         let keys = snapshot.config.listener_keys();
         for (l, key) in snapshot.config.listen.iter().zip(&keys) {

@@ -204,3 +204,98 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
     watcher.abort();
     gw.stop().await;
 }
+
+/// A config file whose read hangs (here a FIFO nobody writes to, as a file on a hung network
+/// filesystem would) stalls only the watcher. This test runs on one thread, the server's, so a
+/// read on it would stall the echo below; the echo is checked from a plain thread while the
+/// watcher is inside the read, and only then is the read let go.
+#[tokio::test]
+async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let dir = TempDir::new("reload-hang");
+    let file = dir.path().join("wsgate.yaml");
+    let text = yaml("", "");
+    std::fs::write(&file, &text).unwrap();
+    let gw = Gateway::start(&text).await;
+    let watcher = tokio::spawn(wsgate::reload::watch_file(
+        file.clone(),
+        gw.reloader.clone(),
+    ));
+    let fifo = dir.path().join("fifo");
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        &fifo,
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
+    std::fs::rename(&fifo, &file).unwrap();
+
+    let addr = gw.addr();
+    let (path, replacement) = (file.clone(), dir.path().join("replacement.yaml"));
+    let checker = std::thread::spawn(move || -> Result<(), String> {
+        // A non-blocking open for writing fails with ENXIO until a reader has the FIFO open;
+        // once it succeeds, the watcher waits in read() until this end writes or closes.
+        let deadline = std::time::Instant::now() + WAIT;
+        let mut fifo = loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&path)
+            {
+                Ok(f) => break f,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                    if std::time::Instant::now() > deadline {
+                        return Err("the watcher never opened the file".into());
+                    }
+                    // Polling for a condition; nothing waits on time passing.
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+                Err(e) => return Err(format!("opening the FIFO: {e}")),
+            }
+        };
+        let echoed = (|| -> std::io::Result<Vec<u8>> {
+            let mut s = std::net::TcpStream::connect(addr)?;
+            s.set_read_timeout(Some(WAIT))?;
+            s.write_all(format!("{UPGRADE}\r\n").as_bytes())?;
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") {
+                s.read_exact(&mut byte)?;
+                head.push(byte[0]);
+            }
+            if !head.starts_with(b"HTTP/1.1 101") {
+                return Err(std::io::Error::other(
+                    String::from_utf8_lossy(&head).into_owned(),
+                ));
+            }
+            // A masked text frame "ping" (mask key 1, 2, 3, 4).
+            let key = [1u8, 2, 3, 4];
+            let mut frame = vec![0x81, 0x84, 1, 2, 3, 4];
+            frame.extend(b"ping".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
+            s.write_all(&frame)?;
+            let mut echo = [0u8; 6];
+            s.read_exact(&mut echo)?;
+            Ok(echo.to_vec())
+        })();
+        // Let the watcher go whatever happened: the file becomes an ordinary one again.
+        std::fs::write(&replacement, &text).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        fifo.write_all(text.as_bytes()).unwrap();
+        drop(fifo);
+        match echoed {
+            Ok(echo) if echo == b"\x81\x04ping" => Ok(()),
+            Ok(echo) => Err(format!("unexpected echo {echo:?}")),
+            Err(e) => Err(format!("no echo while the watcher was reading: {e}")),
+        }
+    });
+    let verdict = tokio::task::spawn_blocking(move || checker.join().unwrap())
+        .await
+        .unwrap();
+    verdict.unwrap();
+    watcher.abort();
+    gw.stop().await;
+}
