@@ -205,25 +205,10 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
     gw.stop().await;
 }
 
-/// A config file whose read hangs (here a FIFO nobody writes to, as a file on a hung network
-/// filesystem would) stalls only the watcher. This test runs on one thread, the server's, so a
-/// read on it would stall the echo below; the echo is checked from a plain thread while the
-/// watcher is inside the read, and only then is the read let go.
-#[tokio::test]
-async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
-    use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-
-    let dir = TempDir::new("reload-hang");
-    let file = dir.path().join("wsgate.yaml");
-    let text = yaml("", "");
-    std::fs::write(&file, &text).unwrap();
-    let gw = Gateway::start(&text).await;
-    let watcher = tokio::spawn(wsgate::reload::watch_file(
-        file.clone(),
-        gw.reloader.clone(),
-    ));
-    let fifo = dir.path().join("fifo");
+/// Puts a FIFO nobody writes to at `path`: whoever reads it next waits in the read, as on a
+/// network filesystem that hangs.
+fn hang_reads_of(path: &std::path::Path) {
+    let fifo = path.with_extension("fifo");
     rustix::fs::mknodat(
         rustix::fs::CWD,
         &fifo,
@@ -232,15 +217,24 @@ async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
         0,
     )
     .unwrap();
-    std::fs::rename(&fifo, &file).unwrap();
+    std::fs::rename(&fifo, path).unwrap();
+}
 
-    let addr = gw.addr();
-    let (path, replacement) = (file.clone(), dir.path().join("replacement.yaml"));
-    let checker = std::thread::spawn(move || -> Result<(), String> {
+/// From a plain thread (the test's runtime thread is what is at stake): waits until something
+/// has the FIFO at `path` open for reading, checks that `addr` still echoes a WebSocket message
+/// (raw bytes), then lets the reader go with `release`, whatever the check found.
+fn echo_while_a_read_hangs(
+    path: std::path::PathBuf,
+    addr: std::net::SocketAddr,
+    release: impl FnOnce(std::fs::File) + Send + 'static,
+) -> std::thread::JoinHandle<Result<(), String>> {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    std::thread::spawn(move || {
         // A non-blocking open for writing fails with ENXIO until a reader has the FIFO open;
-        // once it succeeds, the watcher waits in read() until this end writes or closes.
+        // once it succeeds, the reader waits in read() until this end writes or closes.
         let deadline = std::time::Instant::now() + WAIT;
-        let mut fifo = loop {
+        let fifo = loop {
             match std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
@@ -249,7 +243,7 @@ async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
                 Ok(f) => break f,
                 Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
                     if std::time::Instant::now() > deadline {
-                        return Err("the watcher never opened the file".into());
+                        return Err("nothing opened the file".into());
                     }
                     // Polling for a condition; nothing waits on time passing.
                     std::thread::sleep(std::time::Duration::from_millis(5));
@@ -281,21 +275,82 @@ async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
             s.read_exact(&mut echo)?;
             Ok(echo.to_vec())
         })();
-        // Let the watcher go whatever happened: the file becomes an ordinary one again.
-        std::fs::write(&replacement, &text).unwrap();
-        std::fs::rename(&replacement, &path).unwrap();
-        fifo.write_all(text.as_bytes()).unwrap();
-        drop(fifo);
+        release(fifo);
         match echoed {
             Ok(echo) if echo == b"\x81\x04ping" => Ok(()),
             Ok(echo) => Err(format!("unexpected echo {echo:?}")),
-            Err(e) => Err(format!("no echo while the watcher was reading: {e}")),
+            Err(e) => Err(format!("no echo while the read hung: {e}")),
         }
+    })
+}
+
+/// A config file whose read hangs stalls only the watcher. The test runs on one thread, the
+/// server's, so a read on it would stall the echo.
+#[tokio::test]
+async fn a_config_file_whose_read_hangs_stalls_only_the_watcher() {
+    use std::io::Write;
+    let dir = TempDir::new("reload-hang");
+    let file = dir.path().join("wsgate.yaml");
+    let text = yaml("", "");
+    std::fs::write(&file, &text).unwrap();
+    let gw = Gateway::start(&text).await;
+    let watcher = tokio::spawn(wsgate::reload::watch_file(
+        file.clone(),
+        gw.reloader.clone(),
+    ));
+    hang_reads_of(&file);
+    let (path, replacement) = (file.clone(), dir.path().join("replacement.yaml"));
+    let checker = echo_while_a_read_hangs(file.clone(), gw.addr(), move |mut fifo| {
+        // The file becomes an ordinary one again, with the same text: nothing to reload.
+        std::fs::write(&replacement, &text).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        fifo.write_all(text.as_bytes()).unwrap();
     });
     let verdict = tokio::task::spawn_blocking(move || checker.join().unwrap())
         .await
         .unwrap();
     verdict.unwrap();
     watcher.abort();
+    gw.stop().await;
+}
+
+/// A reload whose certificate file hangs on read stalls only that reload: the server task builds
+/// the new snapshot off its worker, keeps serving on the old one, and swaps once the read ends.
+#[tokio::test]
+async fn a_certificate_whose_read_hangs_stalls_only_the_reload() {
+    use std::io::Write;
+    let pki = TestPki::new();
+    let (crt, key) = pki.issue("hang", &["localhost"]);
+    let gw = Gateway::start(&yaml("", "")).await;
+    let with_tls = yaml(
+        "",
+        &format!(
+            "  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - {{ cert: {}, key: {} }}\n",
+            crt.display(),
+            key.display()
+        ),
+    );
+    let config = wsgate::config::load_str(&with_tls, "t.yaml", std::path::Path::new(".")).unwrap();
+    // Checked to exist at load time; hangs from now on.
+    let pem = std::fs::read(&key).unwrap();
+    hang_reads_of(&key);
+    let reloader = gw.reloader.clone();
+    let reload = tokio::spawn(async move { reloader.reload(config).await });
+    let (path, replacement) = (key.clone(), key.with_extension("again"));
+    let checker = echo_while_a_read_hangs(key.clone(), gw.addr(), move |mut fifo| {
+        std::fs::write(&replacement, &pem).unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        fifo.write_all(&pem).unwrap();
+    });
+    let verdict = tokio::task::spawn_blocking(move || checker.join().unwrap())
+        .await
+        .unwrap();
+    verdict.unwrap();
+    let generation = tokio::time::timeout(WAIT, reload)
+        .await
+        .expect("the reload never finished")
+        .unwrap()
+        .expect("the reload, once the read ended");
+    assert_eq!(generation, 2);
     gw.stop().await;
 }
