@@ -251,6 +251,7 @@ fn echo_while_a_read_hangs(
                 Err(e) => return Err(format!("opening the FIFO: {e}")),
             }
         };
+        let expected = frame(true, 1, None, b"ping");
         let echoed = (|| -> std::io::Result<Vec<u8>> {
             let mut s = std::net::TcpStream::connect(addr)?;
             s.set_read_timeout(Some(WAIT))?;
@@ -266,18 +267,14 @@ fn echo_while_a_read_hangs(
                     String::from_utf8_lossy(&head).into_owned(),
                 ));
             }
-            // A masked text frame "ping" (mask key 1, 2, 3, 4).
-            let key = [1u8, 2, 3, 4];
-            let mut frame = vec![0x81, 0x84, 1, 2, 3, 4];
-            frame.extend(b"ping".iter().enumerate().map(|(i, b)| b ^ key[i % 4]));
-            s.write_all(&frame)?;
-            let mut echo = [0u8; 6];
+            s.write_all(&frame(true, 1, MASK, b"ping"))?;
+            let mut echo = vec![0u8; expected.len()];
             s.read_exact(&mut echo)?;
-            Ok(echo.to_vec())
+            Ok(echo)
         })();
         release(fifo);
         match echoed {
-            Ok(echo) if echo == b"\x81\x04ping" => Ok(()),
+            Ok(echo) if echo == expected => Ok(()),
             Ok(echo) => Err(format!("unexpected echo {echo:?}")),
             Err(e) => Err(format!("no echo while the read hung: {e}")),
         }

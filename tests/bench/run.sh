@@ -516,8 +516,9 @@ write_meta() {
 # ---------------------------------------------------------------------------------------------
 if [[ $MODE == smoke ]]; then
     rc=0
-    for t in direct wsgate-echo direct+tls wsgate-echo+tls; do start_target "$t" ""; done
-    for t in direct wsgate-echo direct+tls wsgate-echo+tls; do
+    SMOKE_TARGETS=(direct wsgate-echo direct+tls wsgate-echo+tls)
+    for t in "${SMOKE_TARGETS[@]}"; do start_target "$t" ""; done
+    for t in "${SMOKE_TARGETS[@]}"; do
         if [[ ${AVAIL[$t]} != 1 ]]; then
             log "FAIL $t: ${WHY[$t]}"
             rc=1

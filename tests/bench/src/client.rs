@@ -121,61 +121,45 @@ impl Stream {
     }
 }
 
-macro_rules! delegate_read {
-    ($ty:ident) => {
-        impl AsyncRead for $ty {
-            fn poll_read(
-                self: Pin<&mut Self>,
-                cx: &mut TaskContext<'_>,
-                buf: &mut ReadBuf<'_>,
-            ) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_read(cx, buf),
-                    $ty::Tls(s) => Pin::new(s).poll_read(cx, buf),
-                }
-            }
+impl AsyncRead for ReadHalf {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ReadHalf::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ReadHalf::Tls(s) => Pin::new(s).poll_read(cx, buf),
         }
-    };
+    }
 }
 
-macro_rules! delegate_write {
-    ($ty:ident) => {
-        impl AsyncWrite for $ty {
-            fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut TaskContext<'_>,
-                buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
-                match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_write(cx, buf),
-                    $ty::Tls(s) => Pin::new(s).poll_write(cx, buf),
-                }
-            }
-
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_flush(cx),
-                    $ty::Tls(s) => Pin::new(s).poll_flush(cx),
-                }
-            }
-
-            fn poll_shutdown(
-                self: Pin<&mut Self>,
-                cx: &mut TaskContext<'_>,
-            ) -> Poll<io::Result<()>> {
-                match self.get_mut() {
-                    $ty::Plain(s) => Pin::new(s).poll_shutdown(cx),
-                    $ty::Tls(s) => Pin::new(s).poll_shutdown(cx),
-                }
-            }
+impl AsyncWrite for WriteHalf {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            WriteHalf::Tls(s) => Pin::new(s).poll_write(cx, buf),
         }
-    };
-}
+    }
 
-delegate_read!(Stream);
-delegate_read!(ReadHalf);
-delegate_write!(Stream);
-delegate_write!(WriteHalf);
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_flush(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteHalf::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            WriteHalf::Tls(s) => Pin::new(s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// The upgrade was answered with something other than 101.
 #[derive(Debug)]
@@ -218,20 +202,27 @@ pub async fn connect(
         .await
         .with_context(|| format!("connecting to {}", target.addr))?;
     stream.set_nodelay(true)?;
-    let mut stream = match &target.tls {
-        None => Stream::Plain(stream),
-        Some((connector, name)) => Stream::Tls(Box::new(
-            connector
+    match &target.tls {
+        None => {
+            let mut stream = stream;
+            let leftover = handshake(&mut stream, target).await?;
+            Ok((Stream::Plain(stream), leftover))
+        }
+        Some((connector, name)) => {
+            let mut stream = connector
                 .connect(name.clone(), stream)
                 .await
-                .context("TLS handshake")?,
-        )),
-    };
-    let leftover = handshake(&mut stream, target).await?;
-    Ok((stream, leftover))
+                .context("TLS handshake")?;
+            let leftover = handshake(&mut stream, target).await?;
+            Ok((Stream::Tls(Box::new(stream)), leftover))
+        }
+    }
 }
 
-async fn handshake(stream: &mut Stream, target: &Target) -> anyhow::Result<Vec<u8>> {
+async fn handshake<S>(stream: &mut S, target: &Target) -> anyhow::Result<Vec<u8>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let req = format!(
         "GET {} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
