@@ -24,6 +24,7 @@ use crate::proxy;
 use crate::router::host_without_port;
 use crate::server::Snapshot;
 use crate::shutdown::Shutdown;
+use crate::wake::Filtered;
 use crate::ws::session::{close_requested, CloseRequest, SessionEnd};
 use crate::ws::{echo, handshake, origin, relay};
 
@@ -183,6 +184,9 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         on_upgrade,
         move |io, snapshot, closing| async move {
             let route = &snapshot.config.routes[index];
+            // Polled on every wake of the session (every burst of frames): filtered, as the
+            // route's token takes two locks per poll.
+            let closing = Filtered::new(closing);
             echo::run(io, &route.ws, snapshot.config.limits.message_rate, closing).await
         },
     );

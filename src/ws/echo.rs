@@ -5,12 +5,12 @@ use std::future::Future;
 use std::pin::pin;
 
 use bytes::BytesMut;
-use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError, WebSocketWrite};
+use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
-use super::io::{wire_len, LegRead, LegWrite};
+use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{
     close_and_linger, configure_reader, next_frame, CloseRequest, ClosedBy, SessionEnd,
@@ -43,8 +43,10 @@ where
     let mut raw = LegRead::new(r, opts.receive_buffer_size);
     let meter = raw.meter();
     let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
-    let (_, mut wr) =
-        fastwebsockets::after_handshake_split(tokio::io::empty(), &mut w, Role::Server);
+    let mut wr = FrameWriter {
+        io: &mut w,
+        masks: false,
+    };
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
     let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
     let mut rate = (message_rate > 0).then(|| TokenBucket::new(message_rate));
@@ -88,10 +90,9 @@ where
         let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
         loop {
             tokio::select! {
+                // The frames of a burst come first; `closing` is polled once a read must wait,
+                // and at the latest when the burst's bytes are used up and the session parks.
                 biased;
-                request = &mut closing => {
-                    break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
-                }
                 (rd, res) = &mut reading => {
                     let frame = match res {
                         Ok(frame) => frame,
@@ -126,11 +127,11 @@ where
                             stats.messages_out += 1;
                             stats.bytes_out += payload.len() as u64;
                             unflushed = true;
-                            wr.write_frame(Frame::new(true, opcode, None, Payload::Bytes(payload))).await
+                            wr.write(Frame::new(true, opcode, None, Payload::Bytes(payload))).await
                         }
                         FrameKind::Ping => {
                             unflushed = true;
-                            wr.write_frame(Frame::pong(Payload::Bytes(frame.payload))).await
+                            wr.write(Frame::pong(Payload::Bytes(frame.payload))).await
                         }
                         FrameKind::Pong => Ok(()),
                         FrameKind::Close { code } => {
@@ -146,6 +147,9 @@ where
                         break; // park
                     }
                     reading.set(next_frame(rd));
+                }
+                request = &mut closing => {
+                    break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
                 }
                 tick = keepalive.tick() => {
                     if let Some(ending) = on_tick(tick, &mut wr).await {
@@ -175,7 +179,6 @@ where
             return stats;
         }
     };
-    drop(wr);
     close_and_linger(&mut w, &mut raw, code, &reason, opts.close_timeout).await;
     stats.code = Some(code);
     stats.closed_by = closed_by;
@@ -183,11 +186,11 @@ where
     stats
 }
 
-async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut WebSocketWrite<W>) -> Option<Ending> {
+async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut FrameWriter<'_, W>) -> Option<Ending> {
     match tick {
         Tick::SendPing => {
             let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
-            send(wr, ping)
+            wr.send(ping)
                 .await
                 .err()
                 .map(|e| Ending::Gone(e.to_string()))
@@ -205,12 +208,4 @@ fn read_failure(e: WebSocketError) -> Ending {
         ReadFailure::Violation(v) => Ending::Close(v.code, v.reason, ClosedBy::Gateway),
         ReadFailure::Gone(why) => Ending::Gone(why),
     }
-}
-
-async fn send<W: AsyncWrite + Unpin>(
-    wr: &mut WebSocketWrite<W>,
-    frame: Frame<'_>,
-) -> Result<(), WebSocketError> {
-    wr.write_frame(frame).await?;
-    wr.flush().await
 }

@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use fastwebsockets::{Frame, WebSocketError};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 
 use super::frames::InFrame;
 use super::stream;
@@ -190,6 +191,20 @@ impl<W: AsyncWrite + Unpin> LegWrite<W> {
         poll_write_all(&mut self.inner, cx, data, written)
     }
 
+    /// Gathers a whole frame when it fits in the room left, with no write future: the common
+    /// case of a small frame in a burst. `false` leaves it to the writing path.
+    pub fn try_gather_frame(&mut self, frame: &mut Frame<'_>) -> bool {
+        let mut head = [0u8; 16];
+        let n = frame.fmt_head(&mut head);
+        let total = n + frame.payload.len();
+        if total > self.room() {
+            return false;
+        }
+        self.gather(&head[..n]);
+        self.gather(&frame.payload);
+        true
+    }
+
     /// Writes out what was gathered; the buffer goes back once it is all out.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if let Some(g) = &mut self.gathered {
@@ -267,6 +282,47 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for LegWrite<W> {
         let this = self.get_mut();
         ready!(this.poll_drain(cx))?;
         Pin::new(&mut this.inner).poll_shutdown(cx)
+    }
+}
+
+/// Writes frames on a leg: fastwebsockets' `Frame` formats (and masks) them straight into the
+/// leg's [`LegWrite`]. fastwebsockets' own writer would copy each frame into a buffer of its own
+/// first, and it would own the leg, which a relay's streamed frames write to between frames.
+pub struct FrameWriter<'a, W> {
+    pub io: &'a mut LegWrite<W>,
+    /// wsgate is the client on this leg (a relay's upstream leg), so what it sends is masked.
+    pub masks: bool,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<'_, W> {
+    /// Writes a frame, gathered with others until the next flush unless it is large.
+    pub async fn write(&mut self, mut frame: Frame<'_>) -> Result<(), WebSocketError> {
+        if self.masks {
+            frame.mask();
+        }
+        if !self.io.try_gather_frame(&mut frame) {
+            frame.writev(&mut *self.io).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes out what was gathered.
+    pub async fn flush(&mut self) -> Result<(), WebSocketError> {
+        self.io.flush().await?;
+        Ok(())
+    }
+
+    /// Writes a frame and flushes it.
+    pub async fn send(&mut self, frame: Frame<'_>) -> Result<(), WebSocketError> {
+        self.write(frame).await?;
+        self.flush().await
+    }
+
+    /// Writes bytes lying ready to go, a piece of a streamed frame, without copying them.
+    pub async fn write_through(&mut self, data: &[u8]) -> Result<(), WebSocketError> {
+        let mut written = 0;
+        std::future::poll_fn(|cx| self.io.poll_write_through(cx, data, &mut written)).await?;
+        Ok(())
     }
 }
 

@@ -29,7 +29,7 @@ use tracing::debug;
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::handshake::{switching_protocols, Handshake};
-use super::io::{wire_len, LegRead, LegWrite};
+use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd, Signal};
 use super::stream::{key_at, recode_key, Head};
@@ -421,7 +421,7 @@ where
         let from = ctx.from;
         let meter = reader.meter();
         // The writer belongs to the other leg, and so to the other role.
-        let wr = &mut Writer {
+        let wr = &mut FrameWriter {
             io: writer,
             masks: from.other().role() == Role::Client,
         };
@@ -497,15 +497,11 @@ where
             let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
             loop {
                 tokio::select! {
+                    // The frames of a burst come first; the other arms are polled once a read
+                    // must wait, and at the latest when the burst's bytes are used up and the
+                    // pump parks. A Close the other pump asks for waits for this burst, as the
+                    // RFC allows ("MAY delay ... until its current message is sent").
                     biased;
-                    _ = &mut close_now => break 'pump ctx.shutting_down(),
-                    work = &mut popping => {
-                        popping.set(ctl_in.pop());
-                        if let Err(last) = ctx.take_work(wr, work).await {
-                            break 'pump last;
-                        }
-                        unflushed = true;
-                    }
                     (rd, res) = &mut reading => {
                         let frame = match res {
                             Ok(frame) => frame,
@@ -553,6 +549,14 @@ where
                         }
                         reading.set(next_frame(rd));
                     }
+                    _ = &mut close_now => break 'pump ctx.shutting_down(),
+                    work = &mut popping => {
+                        popping.set(ctl_in.pop());
+                        if let Err(last) = ctx.take_work(wr, work).await {
+                            break 'pump last;
+                        }
+                        unflushed = true;
+                    }
                     tick = keepalive.tick() => {
                         if let Some(last) = ctx.on_tick(tick) {
                             break 'pump last;
@@ -589,7 +593,7 @@ impl PumpCtx<'_> {
     /// pump's last act.
     async fn take_work<W: AsyncWrite + Unpin>(
         &self,
-        wr: &mut Writer<'_, W>,
+        wr: &mut FrameWriter<'_, W>,
         work: Work,
     ) -> Result<(), Last> {
         let frame = match work {
@@ -609,7 +613,7 @@ impl PumpCtx<'_> {
         &self,
         head: Head,
         reader: &mut LegRead<R>,
-        wr: &mut Writer<'_, W>,
+        wr: &mut FrameWriter<'_, W>,
         keepalive: &mut KeepAlive,
         traffic: &mut Traffic,
     ) -> Result<(), Last> {
@@ -733,39 +737,5 @@ impl PumpCtx<'_> {
         let (code, reason) = to.failure_close();
         self.ctl_back.finish(Fin::Close(code, reason));
         Last::Nothing
-    }
-}
-
-/// Writes frames on a leg: fastwebsockets' `Frame` formats and masks them, and they go to the
-/// leg's [`LegWrite`] without a writer of fastwebsockets' own in between, since the streaming
-/// of large frames writes to the same leg between frames.
-struct Writer<'a, W> {
-    io: &'a mut LegWrite<W>,
-    /// wsgate is the client on this leg (the upstream's), so what it sends is masked.
-    masks: bool,
-}
-
-impl<W: AsyncWrite + Unpin> Writer<'_, W> {
-    /// Writes a frame, gathered with others until the next flush unless it is large.
-    async fn write(&mut self, mut frame: Frame<'_>) -> Result<(), WebSocketError> {
-        if self.masks {
-            frame.mask();
-        }
-        frame.writev(&mut *self.io).await?;
-        Ok(())
-    }
-
-    /// Writes a frame and flushes it.
-    async fn send(&mut self, frame: Frame<'_>) -> Result<(), WebSocketError> {
-        self.write(frame).await?;
-        self.io.flush().await?;
-        Ok(())
-    }
-
-    /// Writes bytes lying ready to go, a piece of a streamed frame, without copying them.
-    async fn write_through(&mut self, data: &[u8]) -> Result<(), WebSocketError> {
-        let mut written = 0;
-        std::future::poll_fn(|cx| self.io.poll_write_through(cx, data, &mut written)).await?;
-        Ok(())
     }
 }
