@@ -2,7 +2,8 @@
 //! every RFC 6455 check the sample leaves to the framework.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
+use std::task::Poll;
 
 use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
@@ -59,6 +60,17 @@ where
     let mut unflushed = false;
 
     let ending = 'session: loop {
+        // The burst's echoes go out now if the socket takes them, which spares the wait below
+        // a round of polls (callgrind: 1,464 → 1,371 instructions per 20 B echo); if the socket
+        // is full, the flush arm below finishes them.
+        if unflushed {
+            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *wr.io).poll_flush(cx))).await
+            {
+                Poll::Ready(Ok(())) => unflushed = false,
+                Poll::Ready(Err(e)) => break 'session Ending::Gone(e.to_string()),
+                Poll::Pending => {}
+            }
+        }
         // Parked (see `io`): no reader and no buffer until the client sends something.
         loop {
             tokio::select! {
@@ -89,80 +101,92 @@ where
             fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
         let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
         loop {
-            tokio::select! {
-                // The frames of a burst come first; `closing` is polled once a read must wait,
-                // and at the latest when the burst's bytes are used up and the session parks.
-                biased;
-                (rd, res) = &mut reading => {
-                    let frame = match res {
-                        Ok(frame) => frame,
-                        Err(e) => break 'session read_failure(e),
+            // The frames of a burst are taken without a round through `select!`; the other
+            // arms are polled once a read must wait, and at the latest when the burst's bytes
+            // are used up and the session parks.
+            let (rd, res) = match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx)))
+                .await
+            {
+                Poll::Ready(read) => read,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    read = &mut reading => read,
+                    request = &mut closing => {
+                        break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
+                    }
+                    tick = keepalive.tick() => {
+                        if let Some(ending) = on_tick(tick, &mut wr).await {
+                            break 'session ending;
+                        }
+                        continue;
+                    }
+                    flushed = wr.flush(), if unflushed => {
+                        if let Err(e) = flushed {
+                            break 'session Ending::Gone(e.to_string());
+                        }
+                        unflushed = false;
+                        continue;
+                    }
+                },
+            };
+            let frame = match res {
+                Ok(frame) => frame,
+                Err(e) => break 'session read_failure(e),
+            };
+            keepalive.seen();
+            consumed += wire_len(&frame);
+            let kind = match validator.check(&frame) {
+                Ok(kind) => kind,
+                Err(v) => break 'session Ending::Close(v.code, v.reason, ClosedBy::Gateway),
+            };
+            let sent = match kind {
+                FrameKind::Data { fin: false, .. } => {
+                    stats.bytes_in += frame.payload.len() as u64;
+                    message.extend_from_slice(&frame.payload);
+                    Ok(())
+                }
+                FrameKind::Data { opcode, fin: true } => {
+                    stats.bytes_in += frame.payload.len() as u64;
+                    stats.messages_in += 1;
+                    if let Some(bucket) = rate.as_mut() {
+                        if !bucket.take(message_rate) {
+                            break 'session Ending::Close(
+                                close::POLICY,
+                                "message rate exceeded",
+                                ClosedBy::Gateway,
+                            );
+                        }
+                    }
+                    let payload = if frame.opcode == OpCode::Continuation {
+                        message.extend_from_slice(&frame.payload);
+                        std::mem::take(&mut message)
+                    } else {
+                        frame.payload
                     };
-                    keepalive.seen();
-                    consumed += wire_len(&frame);
-                    let kind = match validator.check(&frame) {
-                        Ok(kind) => kind,
-                        Err(v) => break 'session Ending::Close(v.code, v.reason, ClosedBy::Gateway),
-                    };
-                    let sent = match kind {
-                        FrameKind::Data { fin: false, .. } => {
-                            stats.bytes_in += frame.payload.len() as u64;
-                            message.extend_from_slice(&frame.payload);
-                            Ok(())
-                        }
-                        FrameKind::Data { opcode, fin: true } => {
-                            stats.bytes_in += frame.payload.len() as u64;
-                            stats.messages_in += 1;
-                            if let Some(bucket) = rate.as_mut() {
-                                if !bucket.take(message_rate) {
-                                    break 'session Ending::Close(close::POLICY, "message rate exceeded", ClosedBy::Gateway);
-                                }
-                            }
-                            let payload = if frame.opcode == OpCode::Continuation {
-                                message.extend_from_slice(&frame.payload);
-                                std::mem::take(&mut message)
-                            } else {
-                                frame.payload
-                            };
-                            stats.messages_out += 1;
-                            stats.bytes_out += payload.len() as u64;
-                            unflushed = true;
-                            wr.write(Frame::new(true, opcode, None, Payload::Bytes(payload))).await
-                        }
-                        FrameKind::Ping => {
-                            unflushed = true;
-                            wr.write(Frame::pong(Payload::Bytes(frame.payload))).await
-                        }
-                        FrameKind::Pong => Ok(()),
-                        FrameKind::Close { code } => {
-                            let mut reason = frame.payload;
-                            let _ = reason.split_to(reason.len().min(2));
-                            break 'session Ending::Answer(code, reason);
-                        }
-                    };
-                    if let Err(e) = sent {
-                        break 'session Ending::Gone(e.to_string());
-                    }
-                    if meter.drained(consumed) {
-                        break; // park
-                    }
-                    reading.set(next_frame(rd));
+                    stats.messages_out += 1;
+                    stats.bytes_out += payload.len() as u64;
+                    unflushed = true;
+                    wr.write(Frame::new(true, opcode, None, Payload::Bytes(payload)))
+                        .await
                 }
-                request = &mut closing => {
-                    break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
+                FrameKind::Ping => {
+                    unflushed = true;
+                    wr.write(Frame::pong(Payload::Bytes(frame.payload))).await
                 }
-                tick = keepalive.tick() => {
-                    if let Some(ending) = on_tick(tick, &mut wr).await {
-                        break 'session ending;
-                    }
+                FrameKind::Pong => Ok(()),
+                FrameKind::Close { code } => {
+                    let mut reason = frame.payload;
+                    let _ = reason.split_to(reason.len().min(2));
+                    break 'session Ending::Answer(code, reason);
                 }
-                flushed = wr.flush(), if unflushed => {
-                    if let Err(e) = flushed {
-                        break 'session Ending::Gone(e.to_string());
-                    }
-                    unflushed = false;
-                }
+            };
+            if let Err(e) = sent {
+                break 'session Ending::Gone(e.to_string());
             }
+            if meter.drained(consumed) {
+                break; // park
+            }
+            reading.set(next_frame(rd));
         }
     };
 
