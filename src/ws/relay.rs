@@ -15,8 +15,10 @@
 //! Close, or nothing because that leg is dead); the task then half-closes the client leg and
 //! drains both, all within `close_timeout` of the first Close.
 
-use std::pin::pin;
+use std::future::Future;
+use std::pin::{pin, Pin};
 use std::sync::{Arc, OnceLock};
+use std::task::Poll;
 
 use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
@@ -438,6 +440,17 @@ where
         let mut popping = pin!(ctl_in.pop());
 
         let last = 'pump: loop {
+            // The burst's frames go out now if the socket takes them, which spares the wait
+            // below a round of polls; if it is full, the flush arm below finishes them.
+            if unflushed {
+                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *wr.io).poll_flush(cx)))
+                    .await
+                {
+                    Poll::Ready(Ok(())) => unflushed = false,
+                    Poll::Ready(Err(e)) => break 'pump ctx.write_failed(e.into()),
+                    Poll::Pending => {}
+                }
+            }
             // Parked (see `io`): no reader and no buffer until this leg's peer sends something.
             loop {
                 tokio::select! {
@@ -496,79 +509,93 @@ where
                 fastwebsockets::after_handshake_split(&mut *reader, tokio::io::sink(), from.role());
             let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
             loop {
-                tokio::select! {
-                    // The frames of a burst come first; the other arms are polled once a read
-                    // must wait, and at the latest when the burst's bytes are used up and the
-                    // pump parks. A Close the other pump asks for waits for this burst, as the
-                    // RFC allows ("MAY delay ... until its current message is sent").
-                    biased;
-                    (rd, res) = &mut reading => {
-                        let frame = match res {
-                            Ok(frame) => frame,
-                            Err(e) => break 'pump match classify_read_error(e) {
-                                ReadFailure::Violation(v) => ctx.violation(v.code, v.reason),
-                                ReadFailure::Gone(why) => ctx.gone(why),
-                            },
-                        };
-                        keepalive.seen();
-                        consumed += wire_len(&frame);
-                        let kind = match validator.check(&frame) {
-                            Ok(kind) => kind,
-                            Err(v) => break 'pump ctx.violation(v.code, v.reason),
-                        };
-                        match kind {
-                            FrameKind::Data { fin, .. } => {
-                                let len = frame.payload.len() as u64;
-                                // Fragments go on as they come, opcode and FIN intact, so a large
-                                // message is never held whole; the writer masks towards the app.
-                                let out = Frame::new(frame.fin, frame.opcode, None, Payload::Bytes(frame.payload));
-                                if let Err(e) = wr.write(out).await {
-                                    break 'pump ctx.write_failed(e);
-                                }
-                                unflushed = true;
-                                traffic.bytes += len;
-                                if fin {
-                                    traffic.messages += 1;
-                                }
+                // The frames of a burst are taken without a round through `select!`; the other
+                // arms are polled once a read must wait, and at the latest when the burst's
+                // bytes are used up and the pump parks. A Close the other pump asks for waits
+                // for this burst, as the RFC allows ("MAY delay ... until its current message
+                // is sent").
+                let polled = std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx)));
+                let (rd, res) = match polled.await {
+                    Poll::Ready(read) => read,
+                    Poll::Pending => tokio::select! {
+                        biased;
+                        read = &mut reading => read,
+                        _ = &mut close_now => break 'pump ctx.shutting_down(),
+                        work = &mut popping => {
+                            popping.set(ctl_in.pop());
+                            if let Err(last) = ctx.take_work(wr, work).await {
+                                break 'pump last;
                             }
-                            FrameKind::Ping => {
-                                ctx.ctl_back.push(Control::Pong(frame.payload));
-                            }
-                            FrameKind::Pong => {}
-                            FrameKind::Close { code } => {
-                                let mut reason = frame.payload;
-                                let _ = reason.split_to(reason.len().min(2));
-                                let reason = reason.freeze();
-                                ctx.record(code, from.closed_by(), &String::from_utf8_lossy(&reason));
-                                // An empty Close travels on as 1000: 1005 must not be sent.
-                                break 'pump Last::Close(code.unwrap_or(close::NORMAL), reason);
-                            }
+                            unflushed = true;
+                            continue;
                         }
-                        if meter.drained(consumed) {
-                            break; // park
+                        tick = keepalive.tick() => {
+                            if let Some(last) = ctx.on_tick(tick) {
+                                break 'pump last;
+                            }
+                            continue;
                         }
-                        reading.set(next_frame(rd));
+                        flushed = wr.io.flush(), if unflushed => {
+                            if let Err(e) = flushed {
+                                break 'pump ctx.write_failed(e.into());
+                            }
+                            unflushed = false;
+                            continue;
+                        }
+                    },
+                };
+                let frame = match res {
+                    Ok(frame) => frame,
+                    Err(e) => {
+                        break 'pump match classify_read_error(e) {
+                            ReadFailure::Violation(v) => ctx.violation(v.code, v.reason),
+                            ReadFailure::Gone(why) => ctx.gone(why),
+                        }
                     }
-                    _ = &mut close_now => break 'pump ctx.shutting_down(),
-                    work = &mut popping => {
-                        popping.set(ctl_in.pop());
-                        if let Err(last) = ctx.take_work(wr, work).await {
-                            break 'pump last;
+                };
+                keepalive.seen();
+                consumed += wire_len(&frame);
+                let kind = match validator.check(&frame) {
+                    Ok(kind) => kind,
+                    Err(v) => break 'pump ctx.violation(v.code, v.reason),
+                };
+                match kind {
+                    FrameKind::Data { fin, .. } => {
+                        let len = frame.payload.len() as u64;
+                        // Fragments go on as they come, opcode and FIN intact, so a large
+                        // message is never held whole; the writer masks towards the app.
+                        let out = Frame::new(
+                            frame.fin,
+                            frame.opcode,
+                            None,
+                            Payload::Bytes(frame.payload),
+                        );
+                        if let Err(e) = wr.write(out).await {
+                            break 'pump ctx.write_failed(e);
                         }
                         unflushed = true;
-                    }
-                    tick = keepalive.tick() => {
-                        if let Some(last) = ctx.on_tick(tick) {
-                            break 'pump last;
+                        traffic.bytes += len;
+                        if fin {
+                            traffic.messages += 1;
                         }
                     }
-                    flushed = wr.io.flush(), if unflushed => {
-                        if let Err(e) = flushed {
-                            break 'pump ctx.write_failed(e.into());
-                        }
-                        unflushed = false;
+                    FrameKind::Ping => {
+                        ctx.ctl_back.push(Control::Pong(frame.payload));
+                    }
+                    FrameKind::Pong => {}
+                    FrameKind::Close { code } => {
+                        let mut reason = frame.payload;
+                        let _ = reason.split_to(reason.len().min(2));
+                        let reason = reason.freeze();
+                        ctx.record(code, from.closed_by(), &String::from_utf8_lossy(&reason));
+                        // An empty Close travels on as 1000: 1005 must not be sent.
+                        break 'pump Last::Close(code.unwrap_or(close::NORMAL), reason);
                     }
                 }
+                if meter.drained(consumed) {
+                    break; // park
+                }
+                reading.set(next_frame(rd));
             }
         };
         if let Last::Close(code, reason) = last {
