@@ -184,9 +184,6 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         on_upgrade,
         move |io, snapshot, closing| async move {
             let route = &snapshot.config.routes[index];
-            // Polled on every wake of the session (every burst of frames): filtered, as the
-            // route's token takes two locks per poll.
-            let closing = Filtered::new(closing);
             echo::run(io, &route.ws, snapshot.config.limits.message_rate, closing).await
         },
     );
@@ -194,7 +191,9 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
 }
 
 /// How a session learns it must close with 1001 (shutdown, a draining reload, its age limit).
-pub type Closing = Pin<Box<dyn Future<Output = CloseRequest> + Send>>;
+/// Every mode polls it whenever its task wakes (for every burst of frames or bytes), so it is
+/// filtered: the route's token takes two locks per poll.
+pub type Closing = Filtered<Pin<Box<dyn Future<Output = CloseRequest> + Send>>>;
 
 /// Starts the task of an accepted WebSocket session, whatever its mode, so that every mode is
 /// tracked for shutdown, holds its limiter slot, is counted in metrics and gets one access-log
@@ -216,11 +215,11 @@ pub fn spawn_session<F, Fut>(
     let path = &snapshot.config.routes[index].path;
     metrics.upgrade(path, "accepted");
     metrics.handshake(path, mode, admitted.started.elapsed());
-    let closing: Closing = Box::pin(close_requested(
+    let closing: Closing = Filtered::new(Box::pin(close_requested(
         snapshot.route_closing[index].clone(),
         snapshot.config.close_spread,
         snapshot.config.max_connection_age,
-    ));
+    )));
     // A root span, not a child of the connection's: a child would keep the connection span's
     // data alive for as long as the WebSocket lives (several hundred bytes per idle session),
     // long after the HTTP connection it came from is gone. It repeats what it needs of it.

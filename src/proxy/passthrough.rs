@@ -27,7 +27,6 @@ use crate::service::{
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
-use crate::wake::Filtered;
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
 
@@ -134,11 +133,8 @@ pub async fn handle(
         Some(url),
         admitted,
         on_client_upgrade,
-        move |client, snapshot, closing| async move {
+        move |client, snapshot, mut closing| async move {
             let linger = snapshot.config.routes[index].ws.close_timeout;
-            // Polled on every wake of the tunnel: filtered, as the route's token takes two
-            // locks per poll.
-            let mut closing = Filtered::new(closing);
             let end = tunnel(client, TokioIo::new(upstream_io), linger, &mut closing).await;
             drop(lease);
             // Raw bytes: no messages or close codes are seen, only the bytes each way.

@@ -2,7 +2,7 @@
 //! every RFC 6455 check the sample leaves to the framework.
 
 use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::task::Poll;
 
 use bytes::BytesMut;
@@ -14,7 +14,7 @@ use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFa
 use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{
-    close_and_linger, configure_reader, next_frame, CloseRequest, ClosedBy, SessionEnd,
+    close_and_linger, configure_reader, next_frame, poll_once, CloseRequest, ClosedBy, SessionEnd,
 };
 use crate::config::WsOptions;
 use crate::limits::TokenBucket;
@@ -64,8 +64,7 @@ where
         // a round of polls (callgrind: 1,464 → 1,371 instructions per 20 B echo); if the socket
         // is full, the flush arm below finishes them.
         if unflushed {
-            match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *wr.io).poll_flush(cx))).await
-            {
+            match poll_once(pin!(wr.flush())).await {
                 Poll::Ready(Ok(())) => unflushed = false,
                 Poll::Ready(Err(e)) => break 'session Ending::Gone(e.to_string()),
                 Poll::Pending => {}
@@ -104,9 +103,7 @@ where
             // The frames of a burst are taken without a round through `select!`; the other
             // arms are polled once a read must wait, and at the latest when the burst's bytes
             // are used up and the session parks.
-            let (rd, res) = match std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx)))
-                .await
-            {
+            let (rd, res) = match poll_once(reading.as_mut()).await {
                 Poll::Ready(read) => read,
                 Poll::Pending => tokio::select! {
                     biased;

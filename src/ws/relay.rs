@@ -15,8 +15,7 @@
 //! Close, or nothing because that leg is dead); the task then half-closes the client leg and
 //! drains both, all within `close_timeout` of the first Close.
 
-use std::future::Future;
-use std::pin::{pin, Pin};
+use std::pin::pin;
 use std::sync::{Arc, OnceLock};
 use std::task::Poll;
 
@@ -33,7 +32,9 @@ use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFa
 use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
-use super::session::{configure_reader, discard, next_frame, ClosedBy, SessionEnd, Signal};
+use super::session::{
+    configure_reader, discard, next_frame, poll_once, ClosedBy, SessionEnd, Signal,
+};
 use super::stream::{key_at, recode_key, Head};
 use crate::buffer::COPY_CHUNK;
 use crate::config::WsOptions;
@@ -43,7 +44,6 @@ use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
-use crate::wake::Filtered;
 
 /// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
 /// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
@@ -191,9 +191,7 @@ pub async fn handle(
             let opts = &snapshot.config.routes[index].ws;
             let close_now = Signal::default();
             let closer = async {
-                // Polled on every wake of the session: filtered, as the route's token takes two
-                // locks per poll.
-                Filtered::new(closing).await;
+                closing.await;
                 close_now.raise().await;
                 std::future::pending::<()>().await;
             };
@@ -443,11 +441,9 @@ where
             // The burst's frames go out now if the socket takes them, which spares the wait
             // below a round of polls; if it is full, the flush arm below finishes them.
             if unflushed {
-                match std::future::poll_fn(|cx| Poll::Ready(Pin::new(&mut *wr.io).poll_flush(cx)))
-                    .await
-                {
+                match poll_once(pin!(wr.flush())).await {
                     Poll::Ready(Ok(())) => unflushed = false,
-                    Poll::Ready(Err(e)) => break 'pump ctx.write_failed(e.into()),
+                    Poll::Ready(Err(e)) => break 'pump ctx.write_failed(e),
                     Poll::Pending => {}
                 }
             }
@@ -473,9 +469,9 @@ where
                             break 'pump last;
                         }
                     }
-                    flushed = wr.io.flush(), if unflushed => {
+                    flushed = wr.flush(), if unflushed => {
                         if let Err(e) = flushed {
-                            break 'pump ctx.write_failed(e.into());
+                            break 'pump ctx.write_failed(e);
                         }
                         unflushed = false;
                     }
@@ -514,8 +510,7 @@ where
                 // bytes are used up and the pump parks. A Close the other pump asks for waits
                 // for this burst, as the RFC allows ("MAY delay ... until its current message
                 // is sent").
-                let polled = std::future::poll_fn(|cx| Poll::Ready(reading.as_mut().poll(cx)));
-                let (rd, res) = match polled.await {
+                let (rd, res) = match poll_once(reading.as_mut()).await {
                     Poll::Ready(read) => read,
                     Poll::Pending => tokio::select! {
                         biased;
@@ -535,9 +530,9 @@ where
                             }
                             continue;
                         }
-                        flushed = wr.io.flush(), if unflushed => {
+                        flushed = wr.flush(), if unflushed => {
                             if let Err(e) = flushed {
-                                break 'pump ctx.write_failed(e.into());
+                                break 'pump ctx.write_failed(e);
                             }
                             unflushed = false;
                             continue;

@@ -29,6 +29,12 @@ pub async fn next_frame<R: AsyncRead + Unpin>(
     (rd, res)
 }
 
+/// Polls `fut` once with the task's context: what a session can take without waiting. Used on
+/// a future kept across polls (a frame read), or on one that is cancel-safe (a flush).
+pub async fn poll_once<F: Future + ?Sized>(mut fut: std::pin::Pin<&mut F>) -> Poll<F::Output> {
+    std::future::poll_fn(|cx| Poll::Ready(fut.as_mut().poll(cx))).await
+}
+
 /// Sets up a reader for a session: wsgate answers Close and Ping itself, after validation, and
 /// fastwebsockets refuses a frame header announcing more than a whole message may hold.
 pub fn configure_reader<R: AsyncRead + Unpin>(
