@@ -13,8 +13,9 @@
 //! - [`reload`]: SIGHUP and config-file watching that feed the server new snapshots.
 //! - [`router`]: host and path-prefix route matching.
 //! - [`ws`]: WebSocket handshake, origin policy, frame validation around fastwebsockets,
-//!   keep-alive, the echo endpoint, the relay, and the streaming of large binary frames
-//!   through it (`ws::stream`).
+//!   keep-alive, the echo endpoint, the relay, bursts of small frames taken where they were
+//!   read (`ws::burst`), and the streaming of large binary frames through the relay
+//!   (`ws::stream`).
 //! - [`shutdown`]: the shared shutdown handle (draining flag, tokens, task tracker).
 //! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
 //! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.
@@ -22,7 +23,8 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms per server.
 //! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
 //! - [`page`]: the embedded sample page.
-//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token).
+//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token, its
+//!   keep-alive timer, a relay's control queue).
 
 #![forbid(unsafe_code)]
 

@@ -54,6 +54,15 @@ impl<F> Filtered<F> {
     }
 }
 
+impl<F> Filtered<F> {
+    /// The wrapped future, to change it (reset a timer, put a new future in its place): the
+    /// next poll goes through to it, whatever woke the task.
+    pub fn rearm(&mut self) -> &mut F {
+        self.flag.woken.store(true, Ordering::Release);
+        &mut self.inner
+    }
+}
+
 impl<F: Future + Unpin> Future for Filtered<F> {
     type Output = F::Output;
 
@@ -143,6 +152,21 @@ mod tests {
         );
         assert!(Pin::new(&mut f).poll(&mut cx).is_ready());
         assert_eq!(probe.polls.get(), 2);
+    }
+
+    #[test]
+    fn a_rearmed_future_is_polled_again() {
+        let (probe, other) = (Probe::default(), Probe::default());
+        let mut f = Filtered::new(&probe);
+        let (_, task) = counter();
+        let mut cx = Context::from_waker(&task);
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        *f.rearm() = &other;
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        assert_eq!(other.polls.get(), 1, "the new future's first poll");
+        assert!(Pin::new(&mut f).poll(&mut cx).is_pending());
+        assert_eq!(other.polls.get(), 1, "and then only when it woke");
+        assert_eq!(probe.polls.get(), 1);
     }
 
     #[test]

@@ -129,6 +129,38 @@ async fn invalid_utf8_closes_with_1007_even_split_across_fragments() {
 }
 
 #[tokio::test]
+async fn a_burst_is_echoed_up_to_a_bad_frame_then_closed() {
+    let gw = Gateway::start(&config("")).await;
+    let mut s = raw_ws(gw.addr(), "/ws").await;
+    // One write, so the frames arrive together.
+    let euro = "€".as_bytes();
+    let burst = [
+        frame(true, 1, MASK, b"one"),
+        frame(true, 2, MASK, &[7; 300]),
+        frame(false, 1, MASK, &euro[..2]),
+        frame(true, 9, MASK, b"p"),
+        frame(true, 0, MASK, &euro[2..]),
+    ]
+    .concat();
+    s.write_all(&burst).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"one".to_vec()));
+    assert_eq!(read_frame(&mut s).await, (true, 2, vec![7; 300]));
+    assert_eq!(read_frame(&mut s).await, (true, 0xA, b"p".to_vec()));
+    assert_eq!(read_frame(&mut s).await, (true, 1, euro.to_vec()));
+    let bad = [
+        frame(true, 1, MASK, b"before"),
+        frame(true, 1, MASK, &[0xC3, 0x28]),
+        frame(true, 1, MASK, b"never"),
+    ]
+    .concat();
+    s.write_all(&bad).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"before".to_vec()));
+    assert_eq!(read_close_code(&mut s).await, 1007);
+    read_to_eof(&mut s).await;
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn oversized_frames_and_messages_close_with_1009() {
     let gw = Gateway::start(&config("")).await;
     // One 2 MiB frame over a 1 MiB cap.

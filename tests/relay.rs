@@ -147,6 +147,87 @@ async fn frames_are_forwarded_as_they_come_and_masked_towards_the_app() {
     gw.stop().await;
 }
 
+/// Reads a frame under 64 KiB as the app gets it: (first header byte, masking key, payload
+/// unmasked).
+async fn read_masked(up: &mut TcpStream) -> (u8, [u8; 4], Vec<u8>) {
+    let h = read_exactly(up, 2).await;
+    assert_ne!(h[1] & 0x80, 0, "frames to the app are masked");
+    let len = match h[1] & 0x7f {
+        126 => u16::from_be_bytes(read_exactly(up, 2).await.try_into().unwrap()) as usize,
+        n => n as usize,
+    };
+    let key: [u8; 4] = read_exactly(up, 4).await.try_into().unwrap();
+    let mut payload = read_exactly(up, len).await;
+    xor_at(&mut payload, key, 0);
+    (h[0], key, payload)
+}
+
+#[tokio::test]
+async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    // One write, so the frames arrive together: data frames around a Ping and a fragmented
+    // message, a 16-bit length among 7-bit ones.
+    let euro = "€".as_bytes();
+    let burst = [
+        frame(true, 1, MASK, b"one"),
+        frame(true, 2, MASK, &[7; 300]),
+        frame(true, 9, MASK, b"p"),
+        frame(false, 1, MASK, &euro[..2]),
+        frame(true, 0, MASK, &euro[2..]),
+    ]
+    .concat();
+    c.write_all(&burst).await.unwrap();
+    let mut keys = Vec::new();
+    for (b0, payload) in [
+        (0x81, b"one".to_vec()),
+        (0x82, vec![7; 300]),
+        (0x01, euro[..2].to_vec()),
+        (0x80, euro[2..].to_vec()),
+    ] {
+        let (got, key, body) = read_masked(&mut up).await;
+        assert_eq!((got, body), (b0, payload));
+        keys.push(key);
+    }
+    assert_eq!(read_frame(&mut c).await, (true, 0xA, b"p".to_vec()));
+    keys.push(MASK.unwrap());
+    keys.sort();
+    keys.dedup();
+    assert_eq!(
+        keys.len(),
+        5,
+        "the client's key, or one key twice: {keys:?}"
+    );
+
+    // The app's burst reaches the client byte for byte.
+    let back = [
+        frame(true, 1, None, b"a"),
+        frame(true, 2, None, &[9; 300]),
+        frame(false, 1, None, &euro[..1]),
+        frame(true, 0, None, &euro[1..]),
+    ]
+    .concat();
+    up.write_all(&back).await.unwrap();
+    assert_eq!(read_exactly(&mut c, back.len()).await, back);
+
+    // A bad frame in the middle of a burst: what came before it goes on, then the Closes.
+    let bad = [
+        frame(true, 1, MASK, b"before"),
+        frame(true, 1, MASK, &[0xC3, 0x28]),
+        frame(true, 1, MASK, b"after"),
+    ]
+    .concat();
+    c.write_all(&bad).await.unwrap();
+    let (b0, _, body) = read_masked(&mut up).await;
+    assert_eq!((b0, &body[..]), (0x81, &b"before"[..]));
+    let (b0, _, body) = read_masked(&mut up).await;
+    assert_eq!((b0, u16::from_be_bytes([body[0], body[1]])), (0x88, 1001));
+    assert_eq!(read_close_code(&mut c).await, 1007);
+    drop((c, up));
+    gw.stop().await;
+}
+
 /// Opens a relayed WebSocket between a raw client and a raw app: (client, app) sockets.
 async fn raw_pair(gw: &Gateway, app: &mut RawApp) -> (TcpStream, TcpStream) {
     let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));

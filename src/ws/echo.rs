@@ -9,6 +9,7 @@ use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::burst::Whole;
 use super::close;
 use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
 use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
@@ -49,10 +50,12 @@ where
         masks: false,
     };
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
-    let mut stats = SessionEnd::new(ClosedBy::Gateway, None, "");
-    let mut rate = (message_rate > 0).then(|| TokenBucket::new(message_rate));
-    // Only fragmented messages are assembled here; whole frames go back without a copy.
-    let mut message = BytesMut::new();
+    let mut echoer = Echoer {
+        stats: SessionEnd::new(ClosedBy::Gateway, None, ""),
+        rate: (message_rate > 0).then(|| TokenBucket::new(message_rate)),
+        message_rate,
+        message: BytesMut::new(),
+    };
     // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
     let mut consumed = 0u64;
     // Echoes are written as they come and flushed together once nothing more can be read at
@@ -93,6 +96,48 @@ where
                     }
                     unflushed = false;
                 }
+            }
+        }
+        // A burst of whole small data frames is echoed from where it lies (see `burst`).
+        if let Some(parked) = raw.parked_mut() {
+            let (mut at, mut stop) = (0, None);
+            while let Some(f) = Whole::at(&parked[at..]) {
+                let frame = &mut parked[at..at + f.wire()];
+                at += f.wire();
+                let opcode = match f.open(frame, &mut validator) {
+                    Ok(FrameKind::Data { opcode, .. }) => opcode,
+                    Ok(_) => unreachable!("the walk takes data frames only"),
+                    Err(v) => {
+                        stop = Some(Ending::Close(v.code, v.reason, ClosedBy::Gateway));
+                        break;
+                    }
+                };
+                let payload = Payload::Borrowed(&frame[f.head..]);
+                let continues = f.opcode == OpCode::Continuation;
+                match echoer.data(f.fin, continues, opcode, payload) {
+                    Ok(Some(echo)) => {
+                        unflushed = true;
+                        if let Err(e) = wr.write(echo).await {
+                            stop = Some(Ending::Gone(e.to_string()));
+                            break;
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(ending) => {
+                        stop = Some(ending);
+                        break;
+                    }
+                }
+            }
+            if at > 0 {
+                keepalive.seen();
+            }
+            raw.consume(at);
+            if let Some(ending) = stop {
+                break 'session ending;
+            }
+            if at > 0 {
+                continue 'session;
             }
         }
         // Reading: one reader, until its buffer holds nothing more.
@@ -137,34 +182,16 @@ where
                 Err(v) => break 'session Ending::Close(v.code, v.reason, ClosedBy::Gateway),
             };
             let sent = match kind {
-                FrameKind::Data { fin: false, .. } => {
-                    stats.bytes_in += frame.payload.len() as u64;
-                    message.extend_from_slice(&frame.payload);
-                    Ok(())
-                }
-                FrameKind::Data { opcode, fin: true } => {
-                    stats.bytes_in += frame.payload.len() as u64;
-                    stats.messages_in += 1;
-                    if let Some(bucket) = rate.as_mut() {
-                        if !bucket.take(message_rate) {
-                            break 'session Ending::Close(
-                                close::POLICY,
-                                "message rate exceeded",
-                                ClosedBy::Gateway,
-                            );
+                FrameKind::Data { opcode, fin } => {
+                    let continues = frame.opcode == OpCode::Continuation;
+                    match echoer.data(fin, continues, opcode, Payload::Bytes(frame.payload)) {
+                        Ok(Some(echo)) => {
+                            unflushed = true;
+                            wr.write(echo).await
                         }
+                        Ok(None) => Ok(()),
+                        Err(ending) => break 'session ending,
                     }
-                    let payload = if frame.opcode == OpCode::Continuation {
-                        message.extend_from_slice(&frame.payload);
-                        std::mem::take(&mut message)
-                    } else {
-                        frame.payload
-                    };
-                    stats.messages_out += 1;
-                    stats.bytes_out += payload.len() as u64;
-                    unflushed = true;
-                    wr.write(Frame::new(true, opcode, None, Payload::Bytes(payload)))
-                        .await
                 }
                 FrameKind::Ping => {
                     unflushed = true;
@@ -187,6 +214,7 @@ where
         }
     };
 
+    let mut stats = echoer.stats;
     let (code, reason, closed_by) = match ending {
         Ending::Close(code, reason, by) => (code, reason.as_bytes().to_vec(), by),
         Ending::Answer(code, reason) => (
@@ -205,6 +233,52 @@ where
     stats.closed_by = closed_by;
     stats.reason = String::from_utf8_lossy(&reason).into_owned();
     stats
+}
+
+/// What the echo keeps across frames, whichever way they were read.
+struct Echoer {
+    stats: SessionEnd,
+    rate: Option<TokenBucket>,
+    message_rate: u32,
+    /// Only fragmented messages are assembled here; whole frames go back without a copy.
+    message: BytesMut,
+}
+
+impl Echoer {
+    /// Takes a checked data frame of a message with this `opcode`; the echo to write once the
+    /// message is complete. `continues`: the frame is a Continuation.
+    fn data<'p>(
+        &mut self,
+        fin: bool,
+        continues: bool,
+        opcode: OpCode,
+        payload: Payload<'p>,
+    ) -> Result<Option<Frame<'p>>, Ending> {
+        self.stats.bytes_in += payload.len() as u64;
+        if !fin {
+            self.message.extend_from_slice(&payload);
+            return Ok(None);
+        }
+        self.stats.messages_in += 1;
+        if let Some(bucket) = self.rate.as_mut() {
+            if !bucket.take(self.message_rate) {
+                return Err(Ending::Close(
+                    close::POLICY,
+                    "message rate exceeded",
+                    ClosedBy::Gateway,
+                ));
+            }
+        }
+        let payload = if continues {
+            self.message.extend_from_slice(&payload);
+            Payload::Bytes(std::mem::take(&mut self.message))
+        } else {
+            payload
+        };
+        self.stats.messages_out += 1;
+        self.stats.bytes_out += payload.len() as u64;
+        Ok(Some(Frame::new(true, opcode, None, payload)))
+    }
 }
 
 async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut FrameWriter<'_, W>) -> Option<Ending> {

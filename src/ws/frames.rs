@@ -156,26 +156,54 @@ impl FrameValidator {
                     _ => check_close(&frame.payload),
                 }
             }
+            // An unfragmented text frame was validated by fastwebsockets' reader.
             OpCode::Text | OpCode::Binary | OpCode::Continuation => {
-                let kind = self.data_head(frame.fin, frame.opcode, len)?;
-                if let FrameKind::Data {
-                    opcode: OpCode::Text,
-                    ..
-                } = kind
-                {
-                    match (frame.opcode, frame.fin) {
-                        // An unfragmented text frame was validated by fastwebsockets' reader.
-                        (OpCode::Text, true) => {}
-                        (OpCode::Text, false) => {
-                            self.utf8 = Utf8Stream::default();
-                            self.utf8.feed(&frame.payload, false)?;
-                        }
-                        _ => self.utf8.feed(&frame.payload, frame.fin)?,
-                    }
-                }
-                Ok(kind)
+                self.data(frame.fin, frame.opcode, &frame.payload, false)
             }
         }
+    }
+
+    /// [`Self::check`] for a data frame that no reader has seen: one taken where the parked
+    /// read left it (see [`super::burst`]), its payload already unmasked. Whole text frames
+    /// are checked for UTF-8 here too.
+    pub fn check_data(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        masked: bool,
+        payload: &[u8],
+    ) -> Result<FrameKind, Violation> {
+        self.check_mask(masked)?;
+        self.data(fin, opcode, payload, true)
+    }
+
+    fn data(
+        &mut self,
+        fin: bool,
+        opcode: OpCode,
+        payload: &[u8],
+        whole_text_unchecked: bool,
+    ) -> Result<FrameKind, Violation> {
+        let kind = self.data_head(fin, opcode, payload.len())?;
+        if let FrameKind::Data {
+            opcode: OpCode::Text,
+            ..
+        } = kind
+        {
+            match (opcode, fin) {
+                (OpCode::Text, true) => {
+                    if whole_text_unchecked && simdutf8::basic::from_utf8(payload).is_err() {
+                        return Err(INVALID_UTF8);
+                    }
+                }
+                (OpCode::Text, false) => {
+                    self.utf8 = Utf8Stream::default();
+                    self.utf8.feed(payload, false)?;
+                }
+                _ => self.utf8.feed(payload, fin)?,
+            }
+        }
+        Ok(kind)
     }
 
     /// Whether a data frame with this opcode would be binary, so its payload can be streamed
@@ -268,6 +296,11 @@ fn check_close(payload: &[u8]) -> Result<FrameKind, Violation> {
     }
 }
 
+const INVALID_UTF8: Violation = Violation {
+    code: close::INVALID_PAYLOAD,
+    reason: "invalid UTF-8",
+};
+
 /// UTF-8 validation of a text message that arrives in pieces: a code point may be split between
 /// fragments, so up to three bytes are carried over. Invalid bytes are reported as soon as they
 /// are seen (fail fast), not when the message ends.
@@ -279,10 +312,7 @@ pub struct Utf8Stream {
 
 impl Utf8Stream {
     pub fn feed(&mut self, mut data: &[u8], fin: bool) -> Result<(), Violation> {
-        const INVALID: Violation = Violation {
-            code: close::INVALID_PAYLOAD,
-            reason: "invalid UTF-8",
-        };
+        const INVALID: Violation = INVALID_UTF8;
         if self.pending_len > 0 {
             let width = utf8_width(self.pending[0]);
             let take = (width - self.pending_len).min(data.len());

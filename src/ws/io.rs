@@ -32,9 +32,8 @@ pub struct LegRead<R> {
     cap: usize,
     /// Bytes read while parked, not yet handed to a reader.
     parked: Option<Filled>,
-    /// Whether a reader is handed parked bytes only up to a frame that could stream (relay).
-    cuts: bool,
-    /// Where in the parked buffer that frame starts (see [`stream::cut_before_streamable`]).
+    /// Where in the parked buffer a frame that could stream starts: a reader is handed parked
+    /// bytes only up to it (see [`Self::cut_before_streamable`]).
     cut: Option<usize>,
     /// Bytes handed to fastwebsockets so far, shared with the session, which must read it while
     /// fastwebsockets' reader holds this wrapper.
@@ -47,17 +46,20 @@ impl<R> LegRead<R> {
             inner,
             cap: cap.max(1),
             parked: None,
-            cuts: false,
             cut: None,
             delivered: Arc::new(AtomicU64::new(0)),
         }
     }
 
-    /// Hands a reader parked bytes only up to a binary frame large enough to stream, so that
-    /// the frame starts a parked read of its own (see [`super::stream`]).
-    pub fn cutting_before_streamable(mut self) -> Self {
-        self.cuts = true;
-        self
+    /// Hands the next reader parked bytes only up to a binary frame large enough to stream, so
+    /// that the frame starts a parked read of its own (see [`super::stream`]). Called by the
+    /// relay as a reader takes over from parked bytes that start with a header: only then, as
+    /// the walk through a burst (see [`super::burst`]) stops before such a frame anyway.
+    pub fn cut_before_streamable(&mut self) {
+        self.cut = self
+            .parked
+            .as_ref()
+            .and_then(|p| stream::cut_before_streamable(p.bytes()).map(|at| p.start + at));
     }
 
     /// The count of bytes handed to fastwebsockets, readable while a reader holds this wrapper.
@@ -70,15 +72,7 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
     /// Waits until bytes can be read, holding a buffer only once they are there. `Ok(false)` is
     /// end of stream. Cancel-safe: bytes read are kept for the next reader before this returns.
     pub async fn wait_for_data(&mut self) -> io::Result<bool> {
-        let data = self.wait_for_data_max(self.cap).await?;
-        // Between frames here, so the parked bytes start with a header.
-        if self.cuts {
-            self.cut = self
-                .parked
-                .as_ref()
-                .and_then(|p| stream::cut_before_streamable(p.bytes()).map(|at| p.start + at));
-        }
-        Ok(data)
+        self.wait_for_data_max(self.cap).await
     }
 
     /// [`Self::wait_for_data`], reading at most `limit` bytes: a piece of a frame being

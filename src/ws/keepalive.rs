@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
+use crate::wake::Filtered;
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tick {
     SendPing,
@@ -17,7 +19,8 @@ pub enum Tick {
 pub struct KeepAlive {
     interval: Duration,
     timeout: Duration,
-    sleep: Option<Pin<Box<Sleep>>>,
+    /// Filtered: a session polls it on every wake-up, and its deadline is minutes away.
+    sleep: Option<Filtered<Pin<Box<Sleep>>>>,
     next_ping: Instant,
     ping_sent: Option<Instant>,
     seen: bool,
@@ -30,7 +33,7 @@ impl KeepAlive {
         Self {
             interval,
             timeout,
-            sleep: (!interval.is_zero()).then(|| Box::pin(sleep_until(next_ping))),
+            sleep: (!interval.is_zero()).then(|| Filtered::new(Box::pin(sleep_until(next_ping)))),
             next_ping,
             ping_sent: None,
             seen: false,
@@ -49,7 +52,7 @@ impl KeepAlive {
             return pending().await;
         };
         loop {
-            sleep.as_mut().await;
+            (&mut *sleep).await;
             let now = Instant::now();
             if let Some(sent) = self.ping_sent {
                 if now >= sent + self.timeout {
@@ -73,7 +76,7 @@ impl KeepAlive {
                 Some(sent) => self.next_ping.min(sent + self.timeout),
                 None => self.next_ping,
             };
-            sleep.as_mut().reset(deadline);
+            sleep.rearm().as_mut().reset(deadline);
             if due {
                 return Tick::SendPing;
             }

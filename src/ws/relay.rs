@@ -1,6 +1,8 @@
 //! Relay: wsgate terminates the client's WebSocket and opens its own to an upstream, then
 //! forwards frame by frame, validating both legs. Frames are read whole, except binary ones of
-//! 64 KiB or more, which go on piece by piece as they arrive (see [`super::stream`]).
+//! 64 KiB or more, which go on piece by piece as they arrive (see [`super::stream`]). A burst
+//! of small data frames read together goes on from where it was read, each frame under a new
+//! masking key towards the app (see [`super::burst`]).
 //!
 //! One task runs two pumps, client→upstream and upstream→client. Each owns the reader of one
 //! leg and the writer of the other, so neither direction ever waits on the other: an echo app
@@ -24,11 +26,13 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
+use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
+use super::burst::Whole;
 use super::close;
-use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
+use super::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure, Violation};
 use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
@@ -44,6 +48,7 @@ use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
+use crate::wake::Filtered;
 
 /// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
 /// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
@@ -217,8 +222,8 @@ where
     let (r_c, w_c) = tokio::io::split(client);
     let (r_u, w_u) = tokio::io::split(upstream);
     let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
-    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size).cutting_before_streamable();
-    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size).cutting_before_streamable();
+    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
+    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
     let ctl_c = ControlQueue::new();
     let ctl_u = ControlQueue::new();
@@ -435,7 +440,9 @@ where
         // Frames are written as they come and flushed together once nothing more can be read
         // at once (the flush arm is polled last): one syscall for a burst, none held back.
         let mut unflushed = false;
+        // Filtered: polled on every wake-up, and nearly always empty.
         let mut popping = pin!(ctl_in.pop());
+        let mut popping = Filtered::new(popping.as_mut());
 
         let last = 'pump: loop {
             // The burst's frames go out now if the socket takes them, which spares the wait
@@ -453,7 +460,7 @@ where
                     biased;
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
-                        popping.set(ctl_in.pop());
+                        popping.rearm().set(ctl_in.pop());
                         if let Err(last) = ctx.take_work(wr, work).await {
                             break 'pump last;
                         }
@@ -499,8 +506,22 @@ where
                 unflushed = true;
                 continue;
             }
+            // A burst of whole small data frames goes on from where it lies (see `burst`).
+            match ctx
+                .forward_parked(reader, wr, &mut validator, traffic)
+                .await
+            {
+                Ok(0) => {}
+                Ok(_) => {
+                    keepalive.seen();
+                    unflushed = true;
+                    continue;
+                }
+                Err(last) => break 'pump last,
+            }
             // Reading: one reader, until its buffer holds nothing more. Its read is not
             // cancel-safe, so one stays in flight until a frame comes back.
+            reader.cut_before_streamable();
             let (rd, _) =
                 fastwebsockets::after_handshake_split(&mut *reader, tokio::io::sink(), from.role());
             let mut reading = pin!(next_frame(configure_reader(rd, &validator)));
@@ -517,7 +538,7 @@ where
                         read = &mut reading => read,
                         _ = &mut close_now => break 'pump ctx.shutting_down(),
                         work = &mut popping => {
-                            popping.set(ctl_in.pop());
+                            popping.rearm().set(ctl_in.pop());
                             if let Err(last) = ctx.take_work(wr, work).await {
                                 break 'pump last;
                             }
@@ -598,6 +619,36 @@ where
         }
         ctx.stopped.raise().await;
     }
+}
+
+/// Readies the whole small data frames at the start of `parked` to go on where they lie,
+/// masked with fresh keys if `masks`: how many bytes they take, and the violation that stopped
+/// the walk, if one did.
+fn ready_in_place(
+    parked: &mut [u8],
+    validator: &mut FrameValidator,
+    masks: bool,
+    traffic: &mut Traffic,
+) -> (usize, Option<Violation>) {
+    let mut at = 0;
+    // One handle for the burst's keys: each `rand::random` takes its own.
+    let mut keys = masks.then(rand::rng);
+    while let Some(f) = Whole::at(&parked[at..]) {
+        let frame = &mut parked[at..at + f.wire()];
+        match f.open(frame, validator) {
+            Ok(FrameKind::Data { fin: true, .. }) => traffic.messages += 1,
+            Ok(_) => {}
+            Err(v) => return (at, Some(v)),
+        }
+        // The validator made sure that a client's frames came masked, and only they go to the
+        // app, the leg whose writer masks.
+        if let Some(keys) = keys.as_mut() {
+            f.remask(frame, keys.random());
+        }
+        traffic.bytes += f.payload as u64;
+        at += f.wire();
+    }
+    (at, None)
 }
 
 impl Fin {
@@ -692,6 +743,31 @@ impl PumpCtx<'_> {
             traffic.messages += 1;
         }
         Ok(())
+    }
+
+    /// Sends on the whole small data frames at the start of the parked bytes from where they
+    /// lie (see [`super::burst`]); the bytes taken. `Err` is the pump's last act, after the
+    /// frames before a violation have gone on.
+    async fn forward_parked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
+        &self,
+        reader: &mut LegRead<R>,
+        wr: &mut FrameWriter<'_, W>,
+        validator: &mut FrameValidator,
+        traffic: &mut Traffic,
+    ) -> Result<usize, Last> {
+        let Some(parked) = reader.parked_mut() else {
+            return Ok(0);
+        };
+        let (at, violation) = ready_in_place(parked, validator, wr.masks, traffic);
+        if at > 0 {
+            let written = wr.io.write_all(&parked[..at]).await;
+            reader.consume(at);
+            written.map_err(|e| self.write_failed(e.into()))?;
+        }
+        match violation {
+            Some(v) => Err(self.violation(v.code, v.reason)),
+            None => Ok(at),
+        }
     }
 
     fn shutting_down(&self) -> Last {

@@ -1,8 +1,10 @@
 //! The client byte stream of an echo session, read exactly the way `wsgate::ws::echo` reads it:
-//! parked on wsgate's `LegRead` until bytes come, then fastwebsockets' split reader (server
-//! role, auto-close and auto-pong off, the validator's frame limit) one `next_frame` at a time
-//! until the byte count says its buffer is empty, then parked again; every frame through a
-//! client-side `FrameValidator`, read errors through `classify_read_error`. The cap on a
+//! parked on wsgate's `LegRead` until bytes come; the whole small data frames at the start of
+//! the parked bytes walked in place (`wsgate::ws::burst`: `Whole::at`, then `Whole::open`); if
+//! the walk took none, fastwebsockets' split reader (server role, auto-close and auto-pong off,
+//! the validator's frame limit) one `next_frame` at a time until the byte count says its buffer
+//! is empty; then parked again. Every frame goes through a client-side `FrameValidator`, read
+//! errors through `classify_read_error`. The cap on a
 //! message is 1024 bytes; the bytes arrive 1, 3, 64 or 4096 at a time (by input length), as
 //! does the parked read, so headers and payloads also arrive split across reads and parks.
 //!
@@ -13,8 +15,8 @@
 //! valid UTF-8 once it completes, and no fragment is accepted after invalid UTF-8 was seen
 //! (only an unfinished code point may be pending). Refusals carry 1002, 1007 or 1009, and a
 //! 1009 from the validator only for a message really over the cap. Reading stops at the first
-//! refusal or Close, as a session does. Parking loses nothing: the frames read add up, byte
-//! for byte, to the input consumed.
+//! refusal or Close, as a session does. Parking loses nothing: the frames read and walked add
+//! up, byte for byte, to the input consumed.
 #![no_main]
 
 use std::pin::Pin;
@@ -24,7 +26,10 @@ use fastwebsockets::{OpCode, Role};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::runtime::{Builder, Runtime};
-use wsgate::ws::frames::{classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure};
+use wsgate::ws::burst::Whole;
+use wsgate::ws::frames::{
+    classify_read_error, FrameKind, FrameValidator, Peer, ReadFailure, Violation,
+};
 use wsgate::ws::io::{wire_len, LegRead};
 use wsgate::ws::session::{configure_reader, next_frame};
 
@@ -80,15 +85,43 @@ async fn session(data: &[u8]) {
     let mut raw = LegRead::new(Trickle { data, chunk }, chunk);
     let meter = raw.meter();
     let mut validator = FrameValidator::new(Peer::Client, CAP);
+    // Wire bytes of the frames read through a reader (against `meter`), and of those walked.
     let mut consumed = 0u64;
+    let mut walked = 0u64;
     let mut message: Option<Message> = None;
     'parked: loop {
         match raw.wait_for_data().await {
             Ok(true) => {}
             _ => {
-                assert_eq!(consumed, data.len() as u64, "bytes lost between frames");
+                assert_eq!(
+                    consumed + walked,
+                    data.len() as u64,
+                    "bytes lost between frames"
+                );
                 return;
             }
+        }
+        let parked = raw.parked_mut().expect("bytes came");
+        let mut at = 0;
+        while let Some(f) = Whole::at(&parked[at..]) {
+            let frame = &mut parked[at..at + f.wire()];
+            at += f.wire();
+            match f.open(frame, &mut validator) {
+                Ok(kind) => accepted_data(
+                    kind,
+                    f.fin,
+                    f.opcode,
+                    f.mask.is_some(),
+                    &frame[f.head..],
+                    &mut message,
+                ),
+                Err(v) => return refused(v, &message, f.opcode, f.payload),
+            }
+        }
+        raw.consume(at);
+        walked += at as u64;
+        if at > 0 {
+            continue 'parked;
         }
         let (rd, _) =
             fastwebsockets::after_handshake_split(&mut raw, tokio::io::sink(), Role::Server);
@@ -127,18 +160,7 @@ async fn frames<R: AsyncRead + Unpin>(
         let kind = match validator.check(&frame) {
             Ok(kind) => kind,
             Err(v) => {
-                refusal_code(v.code);
-                if v.code == 1009 {
-                    let so_far = match (message.as_ref(), frame.opcode) {
-                        (Some(m), OpCode::Continuation) => m.len,
-                        _ => 0,
-                    };
-                    assert!(
-                        so_far + len > CAP,
-                        "1009 for a message of {} bytes",
-                        so_far + len
-                    );
-                }
+                refused(v, message, frame.opcode, len);
                 return Some(());
             }
         };
@@ -176,59 +198,106 @@ async fn frames<R: AsyncRead + Unpin>(
                     return Some(());
                 }
             }
-            FrameKind::Data { opcode, fin } => {
-                assert_eq!(fin, frame.fin);
-                let m = match frame.opcode {
-                    OpCode::Text | OpCode::Binary => {
-                        assert!(
-                            message.is_none(),
-                            "accepted a new message inside a fragmented one"
-                        );
-                        assert_eq!(opcode, frame.opcode);
-                        message.insert(Message {
-                            opcode,
-                            len: 0,
-                            text: Vec::new(),
-                        })
-                    }
-                    OpCode::Continuation => {
-                        let Some(m) = message.as_mut() else {
-                            panic!("accepted a continuation outside a message");
-                        };
-                        assert_eq!(
-                            opcode, m.opcode,
-                            "continuation classified as another message's"
-                        );
-                        m
-                    }
-                    other => panic!("{other:?} classified as data"),
-                };
-                m.len += len;
-                assert!(
-                    m.len <= CAP,
-                    "accepted {} bytes of one message (cap {CAP})",
-                    m.len
-                );
-                if m.opcode == OpCode::Text {
-                    m.text.extend_from_slice(&frame.payload);
-                    match std::str::from_utf8(&m.text) {
-                        Ok(_) => {}
-                        Err(e) if fin => {
-                            panic!("accepted a complete text message that is not UTF-8: {e}")
-                        }
-                        Err(e) => assert!(
-                            e.error_len().is_none(),
-                            "accepted a text fragment after invalid UTF-8: {e}"
-                        ),
-                    }
-                }
-                if fin {
-                    *message = None;
-                }
-            }
+            FrameKind::Data { .. } => accepted_data(
+                kind,
+                frame.fin,
+                frame.opcode,
+                frame.masked,
+                &frame.payload,
+                message,
+            ),
         }
         if meter.drained(*consumed) {
             return None;
         }
+    }
+}
+
+/// A refusal: its code is one a client may earn, and a 1009 is for a message really over the
+/// cap. `opcode` and `len` are the refused frame's.
+fn refused(v: Violation, message: &Option<Message>, opcode: OpCode, len: usize) {
+    refusal_code(v.code);
+    if v.code == 1009 {
+        let so_far = match (message.as_ref(), opcode) {
+            (Some(m), OpCode::Continuation) => m.len,
+            _ => 0,
+        };
+        assert!(
+            so_far + len > CAP,
+            "1009 for a message of {} bytes",
+            so_far + len
+        );
+    }
+}
+
+/// The invariants of an accepted data frame, read or walked: `fin`, `frame_opcode`, `masked`
+/// and `payload` (unmasked) are the frame's as it came.
+fn accepted_data(
+    kind: FrameKind,
+    fin: bool,
+    frame_opcode: OpCode,
+    masked: bool,
+    payload: &[u8],
+    message: &mut Option<Message>,
+) {
+    assert!(
+        masked,
+        "accepted an unmasked client frame ({frame_opcode:?})"
+    );
+    let FrameKind::Data {
+        opcode,
+        fin: kind_fin,
+    } = kind
+    else {
+        panic!("{frame_opcode:?} classified as {kind:?}");
+    };
+    assert_eq!(kind_fin, fin);
+    let len = payload.len();
+    let m = match frame_opcode {
+        OpCode::Text | OpCode::Binary => {
+            assert!(
+                message.is_none(),
+                "accepted a new message inside a fragmented one"
+            );
+            assert_eq!(opcode, frame_opcode);
+            message.insert(Message {
+                opcode,
+                len: 0,
+                text: Vec::new(),
+            })
+        }
+        OpCode::Continuation => {
+            let Some(m) = message.as_mut() else {
+                panic!("accepted a continuation outside a message");
+            };
+            assert_eq!(
+                opcode, m.opcode,
+                "continuation classified as another message's"
+            );
+            m
+        }
+        other => panic!("{other:?} classified as data"),
+    };
+    m.len += len;
+    assert!(
+        m.len <= CAP,
+        "accepted {} bytes of one message (cap {CAP})",
+        m.len
+    );
+    if m.opcode == OpCode::Text {
+        m.text.extend_from_slice(payload);
+        match std::str::from_utf8(&m.text) {
+            Ok(_) => {}
+            Err(e) if fin => {
+                panic!("accepted a complete text message that is not UTF-8: {e}")
+            }
+            Err(e) => assert!(
+                e.error_len().is_none(),
+                "accepted a text fragment after invalid UTF-8: {e}"
+            ),
+        }
+    }
+    if fin {
+        *message = None;
     }
 }
