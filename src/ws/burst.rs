@@ -17,7 +17,7 @@
 use fastwebsockets::OpCode;
 
 use super::frames::{FrameKind, FrameValidator, Violation};
-use super::stream::{sizes, STREAM_MIN};
+use super::stream::STREAM_MIN;
 
 /// A data frame lying whole at the start of a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,7 +38,9 @@ impl Whole {
 
     /// The frame at the start of `bytes`, if the walk takes it (see the module's doc).
     pub fn at(bytes: &[u8]) -> Option<Whole> {
-        let b0 = *bytes.first()?;
+        let [b0, b1, ..] = *bytes else {
+            return None;
+        };
         if b0 & 0x70 != 0 {
             return None;
         }
@@ -48,24 +50,30 @@ impl Whole {
             2 => OpCode::Binary,
             _ => return None,
         };
-        let (payload, head) = sizes(bytes)?;
-        // Under STREAM_MIN the 64-bit form is never the shortest; the 16-bit one is from 126.
-        let shortest = match bytes[1] & 0x7f {
-            127 => false,
-            126 => payload >= 126,
-            _ => true,
+        // Lengths in their shortest form only: under STREAM_MIN the 64-bit form never is, and
+        // the 16-bit one is from 126 on.
+        let (payload, len_bytes) = match b1 & 0x7f {
+            127 => return None,
+            126 => {
+                let [_, _, hi, lo, ..] = *bytes else {
+                    return None;
+                };
+                let n = usize::from(u16::from_be_bytes([hi, lo]));
+                if n < 126 || n as u64 >= STREAM_MIN {
+                    return None;
+                }
+                (n, 4)
+            }
+            n => (usize::from(n), 2),
         };
-        if !shortest || payload >= STREAM_MIN {
-            return None;
-        }
-        let payload = payload as usize;
+        let masked = b1 & 0x80 != 0;
+        let head = len_bytes + if masked { 4 } else { 0 };
         if bytes.len() < head + payload {
             return None;
         }
-        let mask = (bytes[1] & 0x80 != 0).then(|| {
-            let mut key = [0u8; 4];
-            key.copy_from_slice(&bytes[head - 4..head]);
-            key
+        let mask = masked.then(|| {
+            let k = &bytes[head - 4..head];
+            [k[0], k[1], k[2], k[3]]
         });
         Some(Whole {
             fin: b0 & 0x80 != 0,

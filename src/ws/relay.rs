@@ -26,7 +26,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rand::Rng;
+use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
@@ -631,7 +631,8 @@ fn ready_in_place(
     traffic: &mut Traffic,
 ) -> (usize, Option<Violation>) {
     let mut at = 0;
-    // One handle for the burst's keys: each `rand::random` takes its own.
+    // One handle for the burst's keys (each `rand::random` takes its own), and one `u32` per
+    // key (`random::<[u8; 4]>()` draws four).
     let mut keys = masks.then(rand::rng);
     while let Some(f) = Whole::at(&parked[at..]) {
         let frame = &mut parked[at..at + f.wire()];
@@ -643,7 +644,7 @@ fn ready_in_place(
         // The validator made sure that a client's frames came masked, and only they go to the
         // app, the leg whose writer masks.
         if let Some(keys) = keys.as_mut() {
-            f.remask(frame, keys.random());
+            f.remask(frame, keys.next_u32().to_ne_bytes());
         }
         traffic.bytes += f.payload as u64;
         at += f.wire();

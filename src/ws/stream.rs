@@ -109,7 +109,7 @@ pub fn cut_before_streamable(bytes: &[u8]) -> Option<usize> {
 
 /// The payload length and the header's size (masking key included) of the frame whose header
 /// starts `bytes`, if its length is complete there.
-pub(super) fn sizes(bytes: &[u8]) -> Option<(u64, usize)> {
+fn sizes(bytes: &[u8]) -> Option<(u64, usize)> {
     let b1 = *bytes.get(1)?;
     let (payload, ext) = match b1 & 0x7f {
         126 => (
