@@ -23,8 +23,8 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms per server.
 //! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
 //! - [`page`]: the embedded sample page.
-//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token, its
-//!   keep-alive timer, a relay's control queue).
+//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token, a
+//!   relay's control queue).
 
 #![forbid(unsafe_code)]
 

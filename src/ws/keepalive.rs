@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant, Sleep};
 
-use crate::wake::Filtered;
-
 #[derive(Debug, PartialEq, Eq)]
 pub enum Tick {
     SendPing,
@@ -19,8 +17,7 @@ pub enum Tick {
 pub struct KeepAlive {
     interval: Duration,
     timeout: Duration,
-    /// Filtered: a session polls it on every wake-up, and its deadline is minutes away.
-    sleep: Option<Filtered<Pin<Box<Sleep>>>>,
+    sleep: Option<Pin<Box<Sleep>>>,
     next_ping: Instant,
     ping_sent: Option<Instant>,
     seen: bool,
@@ -33,7 +30,7 @@ impl KeepAlive {
         Self {
             interval,
             timeout,
-            sleep: (!interval.is_zero()).then(|| Filtered::new(Box::pin(sleep_until(next_ping)))),
+            sleep: (!interval.is_zero()).then(|| Box::pin(sleep_until(next_ping))),
             next_ping,
             ping_sent: None,
             seen: false,
@@ -52,7 +49,7 @@ impl KeepAlive {
             return pending().await;
         };
         loop {
-            (&mut *sleep).await;
+            sleep.as_mut().await;
             let now = Instant::now();
             if let Some(sent) = self.ping_sent {
                 if now >= sent + self.timeout {
@@ -76,7 +73,7 @@ impl KeepAlive {
                 Some(sent) => self.next_ping.min(sent + self.timeout),
                 None => self.next_ping,
             };
-            sleep.rearm().as_mut().reset(deadline);
+            sleep.as_mut().reset(deadline);
             if due {
                 return Tick::SendPing;
             }
