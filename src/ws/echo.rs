@@ -99,46 +99,14 @@ where
             }
         }
         // A burst of whole small data frames is echoed from where it lies (see `burst`).
-        if let Some(parked) = raw.parked_mut() {
-            let (mut at, mut stop) = (0, None);
-            while let Some(f) = Whole::at(&parked[at..]) {
-                let frame = &mut parked[at..at + f.wire()];
-                at += f.wire();
-                let opcode = match f.open(frame, &mut validator) {
-                    Ok(FrameKind::Data { opcode, .. }) => opcode,
-                    Ok(_) => unreachable!("the walk takes data frames only"),
-                    Err(v) => {
-                        stop = Some(Ending::Close(v.code, v.reason, ClosedBy::Gateway));
-                        break;
-                    }
-                };
-                let payload = Payload::Borrowed(&frame[f.head..]);
-                let continues = f.opcode == OpCode::Continuation;
-                match echoer.data(f.fin, continues, opcode, payload) {
-                    Ok(Some(echo)) => {
-                        unflushed = true;
-                        if let Err(e) = wr.write(echo).await {
-                            stop = Some(Ending::Gone(e.to_string()));
-                            break;
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(ending) => {
-                        stop = Some(ending);
-                        break;
-                    }
-                }
-            }
-            if at > 0 {
+        match echo_parked(&mut raw, &mut validator, &mut echoer, &mut wr).await {
+            Ok(0) => {}
+            Ok(_) => {
                 keepalive.seen();
-            }
-            raw.consume(at);
-            if let Some(ending) = stop {
-                break 'session ending;
-            }
-            if at > 0 {
+                unflushed = true;
                 continue 'session;
             }
+            Err(ending) => break 'session ending,
         }
         // Reading: one reader, until its buffer holds nothing more.
         let (rd, _) =
@@ -233,6 +201,50 @@ where
     stats.closed_by = closed_by;
     stats.reason = String::from_utf8_lossy(&reason).into_owned();
     stats
+}
+
+/// Echoes the whole small data frames at the start of the parked bytes from where they lie
+/// (see [`super::burst`]); the bytes taken. `Err` ends the session, after the echoes of the
+/// frames before a violation.
+async fn echo_parked<R, W: AsyncWrite + Unpin>(
+    raw: &mut LegRead<R>,
+    validator: &mut FrameValidator,
+    echoer: &mut Echoer,
+    wr: &mut FrameWriter<'_, W>,
+) -> Result<usize, Ending> {
+    let Some(parked) = raw.parked_mut() else {
+        return Ok(0);
+    };
+    let (mut at, mut stop) = (0, None);
+    while let Some(f) = Whole::at(&parked[at..]) {
+        let frame = &mut parked[at..at + f.wire()];
+        at += f.wire();
+        let opcode = match f.open(frame, validator) {
+            Ok(FrameKind::Data { opcode, .. }) => opcode,
+            Ok(_) => unreachable!("the walk takes data frames only"),
+            Err(v) => {
+                stop = Some(Ending::Close(v.code, v.reason, ClosedBy::Gateway));
+                break;
+            }
+        };
+        let payload = Payload::Borrowed(&frame[f.head..]);
+        let continues = f.opcode == OpCode::Continuation;
+        match echoer.data(f.fin, continues, opcode, payload) {
+            Ok(Some(echo)) => {
+                if let Err(e) = wr.write(echo).await {
+                    stop = Some(Ending::Gone(e.to_string()));
+                    break;
+                }
+            }
+            Ok(None) => {}
+            Err(ending) => {
+                stop = Some(ending);
+                break;
+            }
+        }
+    }
+    raw.consume(at);
+    stop.map_or(Ok(at), Err)
 }
 
 /// What the echo keeps across frames, whichever way they were read.

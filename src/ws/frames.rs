@@ -312,7 +312,6 @@ pub struct Utf8Stream {
 
 impl Utf8Stream {
     pub fn feed(&mut self, mut data: &[u8], fin: bool) -> Result<(), Violation> {
-        const INVALID: Violation = INVALID_UTF8;
         if self.pending_len > 0 {
             let width = utf8_width(self.pending[0]);
             let take = (width - self.pending_len).min(data.len());
@@ -321,20 +320,20 @@ impl Utf8Stream {
             data = &data[take..];
             match simdutf8::compat::from_utf8(&self.pending[..self.pending_len]) {
                 Ok(_) => self.pending_len = 0,
-                Err(e) if e.error_len().is_some() => return Err(INVALID),
+                Err(e) if e.error_len().is_some() => return Err(INVALID_UTF8),
                 Err(_) => {
                     // Still incomplete: the fragment was shorter than the rest of the code point.
-                    return if fin { Err(INVALID) } else { Ok(()) };
+                    return if fin { Err(INVALID_UTF8) } else { Ok(()) };
                 }
             }
         }
         match simdutf8::compat::from_utf8(data) {
             Ok(_) => Ok(()),
-            Err(e) if e.error_len().is_some() => Err(INVALID),
+            Err(e) if e.error_len().is_some() => Err(INVALID_UTF8),
             Err(e) => {
                 let rest = &data[e.valid_up_to()..];
                 if fin {
-                    return Err(INVALID);
+                    return Err(INVALID_UTF8);
                 }
                 self.pending[..rest.len()].copy_from_slice(rest);
                 self.pending_len = rest.len();

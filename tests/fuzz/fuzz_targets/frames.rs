@@ -107,14 +107,10 @@ async fn session(data: &[u8]) {
             let frame = &mut parked[at..at + f.wire()];
             at += f.wire();
             match f.open(frame, &mut validator) {
-                Ok(kind) => accepted_data(
-                    kind,
-                    f.fin,
-                    f.opcode,
-                    f.mask.is_some(),
-                    &frame[f.head..],
-                    &mut message,
-                ),
+                Ok(kind) => {
+                    assert!(f.mask.is_some(), "accepted an unmasked client frame");
+                    accepted_data(kind, f.fin, f.opcode, &frame[f.head..], &mut message)
+                }
                 Err(v) => return refused(v, &message, f.opcode, f.payload),
             }
         }
@@ -198,14 +194,9 @@ async fn frames<R: AsyncRead + Unpin>(
                     return Some(());
                 }
             }
-            FrameKind::Data { .. } => accepted_data(
-                kind,
-                frame.fin,
-                frame.opcode,
-                frame.masked,
-                &frame.payload,
-                message,
-            ),
+            FrameKind::Data { .. } => {
+                accepted_data(kind, frame.fin, frame.opcode, &frame.payload, message)
+            }
         }
         if meter.drained(*consumed) {
             return None;
@@ -230,20 +221,15 @@ fn refused(v: Violation, message: &Option<Message>, opcode: OpCode, len: usize) 
     }
 }
 
-/// The invariants of an accepted data frame, read or walked: `fin`, `frame_opcode`, `masked`
-/// and `payload` (unmasked) are the frame's as it came.
+/// The invariants of an accepted (and masked) data frame, read or walked: `fin`,
+/// `frame_opcode` and `payload` (unmasked) are the frame's as it came.
 fn accepted_data(
     kind: FrameKind,
     fin: bool,
     frame_opcode: OpCode,
-    masked: bool,
     payload: &[u8],
     message: &mut Option<Message>,
 ) {
-    assert!(
-        masked,
-        "accepted an unmasked client frame ({frame_opcode:?})"
-    );
     let FrameKind::Data {
         opcode,
         fin: kind_fin,
