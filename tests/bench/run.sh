@@ -44,6 +44,8 @@ LAT_ROUNDS=${LAT_ROUNDS:-5}
 LAT1_RATE=${LAT1_RATE:-1000}
 LAT_RATE=${LAT_RATE:-20000}
 LAT_CONNS=${LAT_CONNS:-10}
+# How long before each message the latency sender stops sleeping and polls (see latency.rs).
+LAT_SPIN=${LAT_SPIN:-1ms}
 # wss:// targets (throughput only): the client's TLS ends at the target, which forwards plain
 # ws:// to the same backend, as a TLS-terminating gateway is deployed.
 TLS=${TLS:-1}
@@ -458,7 +460,7 @@ run_latency() { # TARGET SCENARIO ROUND CONNS RATE SIZE
     local -a extra
     mapfile -t extra < <(pid_args --cpu-pid ${CPU_PIDS[$t]}; pid_args --aux-cpu-pid ${AUX_PIDS[$t]})
     out=$(taskset -c "$LOAD_CPU" "$BENCH" latency --url "${URL[$t]}" --ca "$CERTS/ca.crt" --connections "$conns" \
-        --rate "$rate" --size "$size" --duration "$DURATION" --warmup "$WARMUP" \
+        --rate "$rate" --size "$size" --spin "$LAT_SPIN" --duration "$DURATION" --warmup "$WARMUP" \
         --label "$t" "${extra[@]}" 2>"$WORK/last.err") || true
     record "$sc" "$t" "$size" "$round" "$out" "$WORK/last.err"
     [[ $out == "{"* ]] && log "$(printf '%-19s %-10s %s' "$t" "$sc" "$(python3 -c 'import json,sys; r=json.loads(sys.argv[1]); print("p50 %.1f us  p99 %.1f us  p99.9 %.1f us" % (r["p50_us"], r["p99_us"], r["p999_us"]))' "$out")")"
@@ -499,6 +501,7 @@ write_meta() {
         echo "lat_rate=$LAT_RATE"
         echo "lat_conns=$LAT_CONNS"
         echo "lat_rounds=$LAT_ROUNDS"
+        echo "lat_spin=$LAT_SPIN"
         echo "target_cpu=$TARGET_CPU"
         echo "load_cpu=$LOAD_CPU"
         echo "backend_cpu=$BACKEND_CPU"

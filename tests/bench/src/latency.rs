@@ -1,8 +1,8 @@
 //! `latency`: open loop at a fixed rate.
 //!
 //! Message i is due at `start + i / rate`; a timerfd (microsecond precision, unlike tokio's
-//! millisecond timer) wakes the sender, which sends every message that is due, round-robin over
-//! the connections. The payload carries the message's *intended* send time, and latency is
+//! millisecond timer) wakes the sender `--spin` ahead of it, and the sender polls until it is due,
+//! then sends it, round-robin over the connections. The payload carries the message's *intended* send time, and latency is
 //! `receive time - intended time`: when the target (or the sender) falls behind, the wait counts
 //! (no coordinated omission). Messages due during the warm-up are sent but not recorded.
 
@@ -95,7 +95,9 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
         let start = monotonic_ns() + 10_000_000;
         record_from.set(start + args.window.warmup.as_nanos() as u64);
         let end = start + (args.window.warmup + args.window.duration).as_nanos() as u64;
-        let timer = Timer::new(start, period_ns)?;
+        let spin_ns = args.spin.as_nanos() as u64;
+        // Ticks `spin` ahead of each message: the sender then polls until the message is due.
+        let timer = Timer::new(start.saturating_sub(spin_ns), period_ns)?;
         let cpu = crate::procfs::CpuWatch::start(&args.window.cpu_pids, &args.window.aux_cpu_pids)?;
         // How late the sender itself was (timer wake-up, blocked writes): part of every
         // latency figure, reported so it can be told apart from the target's share.
@@ -103,29 +105,38 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
             Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("valid bounds");
         let mut seq: u64 = 0;
         let mut sent_measured: u64 = 0;
-        'send: loop {
-            let due = timer.wait().await?;
-            for _ in 0..due {
-                let intended = start + seq * period_ns;
-                if intended >= end {
-                    break 'send;
-                }
-                frame[hl..hl + 8].copy_from_slice(&intended.to_le_bytes());
-                frame[hl + 8..hl + 16].copy_from_slice(&seq.to_le_bytes());
-                let w = &mut writers[(seq % args.connections as u64) as usize];
-                if let Err(e) = w.write_all(&frame).await {
-                    bail!("sending: {e}");
-                }
-                // Over TLS, records a full socket held back must not wait for the next message.
-                if let Err(e) = w.flush().await {
-                    bail!("sending: {e}");
-                }
-                if intended >= record_from.get() {
-                    sent_measured += 1;
-                    lag.saturating_record(monotonic_ns().saturating_sub(intended).max(1));
-                }
-                seq += 1;
+        loop {
+            let intended = start + seq * period_ns;
+            if intended >= end {
+                break;
             }
+            let now = monotonic_ns();
+            if now + spin_ns < intended {
+                // The tick for this message (at `intended - spin`) has not fired yet.
+                timer.wait().await?;
+                continue;
+            }
+            if now < intended {
+                // Lets the readers and the I/O driver run (tokio polls the driver before a
+                // yielded task runs again), so replies are timed while the sender waits too.
+                tokio::task::yield_now().await;
+                continue;
+            }
+            frame[hl..hl + 8].copy_from_slice(&intended.to_le_bytes());
+            frame[hl + 8..hl + 16].copy_from_slice(&seq.to_le_bytes());
+            let w = &mut writers[(seq % args.connections as u64) as usize];
+            if let Err(e) = w.write_all(&frame).await {
+                bail!("sending: {e}");
+            }
+            // Over TLS, records a full socket held back must not wait for the next message.
+            if let Err(e) = w.flush().await {
+                bail!("sending: {e}");
+            }
+            if intended >= record_from.get() {
+                sent_measured += 1;
+                lag.saturating_record(monotonic_ns().saturating_sub(intended).max(1));
+            }
+            seq += 1;
         }
         let sent_at = monotonic_ns();
         let send_window = (sent_at.saturating_sub(start)) as f64 / 1e9;
@@ -182,8 +193,8 @@ pub fn run(args: LatencyArgs) -> anyhow::Result<()> {
     })
 }
 
-/// A periodic CLOCK_MONOTONIC timerfd: `wait` returns how many periods have elapsed since the
-/// last call (at least 1).
+/// A periodic CLOCK_MONOTONIC timerfd: `wait` returns once at least one period has elapsed since
+/// the last call.
 struct Timer {
     fd: AsyncFd<OwnedFd>,
 }
@@ -221,7 +232,7 @@ impl Timer {
         Ok(Self { fd })
     }
 
-    async fn wait(&self) -> anyhow::Result<u64> {
+    async fn wait(&self) -> anyhow::Result<()> {
         loop {
             let mut guard = self.fd.readable().await?;
             let res = guard.try_io(|fd| {
@@ -237,7 +248,7 @@ impl Timer {
                 }
             });
             match res {
-                Ok(Ok(n)) => return Ok(n),
+                Ok(Ok(_expirations)) => return Ok(()),
                 Ok(Err(e)) => return Err(e).context("reading the timerfd"),
                 Err(_would_block) => continue,
             }

@@ -145,6 +145,12 @@ pub struct LatencyArgs {
     pub size: usize,
     #[arg(long, default_value_t = 1)]
     pub connections: usize,
+    /// How long before a message is due the sender wakes and then polls (yielding to the
+    /// readers and the I/O driver) until it is: a sleeping sender's own wake-up (tens of µs on
+    /// a VM, and as much again of spread) would otherwise be part of every figure. 0: sleep
+    /// until due.
+    #[arg(long, value_parser = units::parse_duration, default_value = "1ms")]
+    pub spin: Duration,
     #[command(flatten)]
     pub window: Window,
 }
