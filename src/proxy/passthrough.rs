@@ -265,6 +265,24 @@ enum PipeEnd {
 
 /// One direction of a tunnel: read into a lent buffer, write it all, flush once the reader has
 /// nothing more (TLS holds data until flushed); end of stream becomes a half-close.
+///
+/// A bulk transfer takes turns with the thread's other connections: once a direction has
+/// copied [`CHUNKS_PER_TURN`] reads that each filled a whole [`COPY_CHUNK`], it yields instead of
+/// reading again at once, so a busy socket is read a little per pass, as HAProxy does (one read
+/// per pass). Draining a socket 16 chunks in a row left Linux's receive-buffer autotuning stuck
+/// in about one round in three on loopback: the kernel's RTT estimate for the socket fell to
+/// 15-40 us, its receive buffer stayed near 1 MB instead of growing to about 10 MB, and the
+/// window updates that followed cost a 1 MiB echo through passthrough a quarter of its rate.
+/// Taking turns kept every round fast. It is also fairer: one bulk tunnel cannot hold the
+/// thread while others wait. Reads shorter than a chunk (small messages, TLS records) never
+/// count towards a turn.
+/// Full chunks a direction copies before it yields. Measured on a 1 MiB echo through
+/// passthrough, 10 connections, in runs of 8 interleaved rounds, as a ratio of medians to HAProxy
+/// with 64 KiB buffers in the same run: 1 chunk 0.98x, 2 chunks 1.03x and 1.04x, 4 chunks 1.01x
+/// and 1.05x; no round stalled. Yielding after every chunk costs a task poll per 64 KiB and
+/// delays each message more.
+const CHUNKS_PER_TURN: usize = 2;
+
 #[derive(Default)]
 struct Direction {
     /// Read and not yet written.
@@ -283,6 +301,7 @@ impl Direction {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
+        let mut full_chunks = 0;
         loop {
             if self.ending.is_some() {
                 // A failed shutdown changes nothing: the direction is over either way.
@@ -298,8 +317,16 @@ impl Direction {
                     Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
                     Poll::Ready(Ok(())) => {}
                 }
+                if filled.end == COPY_CHUNK {
+                    full_chunks += 1;
+                }
                 self.pending = None; // the buffer goes back to the pool
                 self.unflushed = true;
+                if full_chunks == CHUNKS_PER_TURN {
+                    // More is probably waiting; it is read on the next turn (see `Direction`).
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
             }
             match poll_read_lent(r, cx, COPY_CHUNK) {
                 Poll::Pending => {
@@ -317,5 +344,123 @@ impl Direction {
                 Poll::Ready(Err(e)) => self.ending = Some(PipeEnd::Read(e)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+    use tokio::io::ReadBuf;
+
+    /// Always has `per_read` more bytes ready, `reads` times, then would block.
+    struct Source {
+        per_read: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Source {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            if self.reads == 0 {
+                return Poll::Pending;
+            }
+            self.reads -= 1;
+            let n = self.per_read.min(buf.remaining());
+            buf.put_slice(&vec![b'x'; n]);
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Takes every byte at once.
+    #[derive(Default)]
+    struct Sink {
+        written: usize,
+    }
+
+    impl AsyncWrite for Sink {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.written += data.len();
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[derive(Default)]
+    struct CountWakes(AtomicUsize);
+
+    impl Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_bulk_direction_hands_the_thread_back_after_each_turn() {
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let chunks = 2 * CHUNKS_PER_TURN + 1;
+        let mut source = Source {
+            per_read: usize::MAX,
+            reads: chunks,
+        };
+        let mut sink = Sink::default();
+        let mut direction = Direction::default();
+        for turn in 1..=2 {
+            assert!(direction.poll(&mut cx, &mut source, &mut sink).is_pending());
+            assert_eq!(
+                sink.written,
+                turn * CHUNKS_PER_TURN * COPY_CHUNK,
+                "a turn's chunks"
+            );
+            assert_eq!(
+                wakes.0.load(Ordering::SeqCst),
+                turn,
+                "and the task is woken again"
+            );
+        }
+        // The last chunk, then the source is drained: the direction now waits on the socket,
+        // not on itself.
+        assert!(direction.poll(&mut cx, &mut source, &mut sink).is_pending());
+        assert_eq!(sink.written, chunks * COPY_CHUNK);
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(direction.bytes, (chunks * COPY_CHUNK) as u64);
+    }
+
+    #[test]
+    fn short_reads_are_copied_in_one_turn() {
+        let wakes = Arc::new(CountWakes::default());
+        let waker = Waker::from(wakes.clone());
+        let mut cx = Context::from_waker(&waker);
+        let mut source = Source {
+            per_read: 1024,
+            reads: 5,
+        };
+        let mut sink = Sink::default();
+        let mut direction = Direction::default();
+        assert!(direction.poll(&mut cx, &mut source, &mut sink).is_pending());
+        assert_eq!(
+            sink.written,
+            5 * 1024,
+            "every short read is copied before waiting"
+        );
+        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "without a yield");
     }
 }
