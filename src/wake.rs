@@ -83,8 +83,36 @@ impl<F: Future + Unpin> Future for Filtered<F> {
     }
 }
 
+/// A waker that counts how often it was woken, for tests of who wakes a task.
+#[cfg(test)]
+pub(crate) mod counting {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use std::sync::Arc;
+    use std::task::{Wake, Waker};
+
+    pub(crate) struct Count(AtomicU32);
+
+    impl Count {
+        pub(crate) fn get(&self) -> u32 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    pub(crate) fn counter() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(AtomicU32::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::counting::counter;
     use super::*;
     use std::cell::Cell;
 
@@ -115,18 +143,6 @@ mod tests {
         }
     }
 
-    struct Count(std::sync::atomic::AtomicU32);
-    impl Wake for Count {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
-    fn counter() -> (Arc<Count>, Waker) {
-        let count = Arc::new(Count(Default::default()));
-        (count.clone(), Waker::from(count))
-    }
-
     #[test]
     fn inner_is_polled_only_when_it_woke() {
         let probe = Probe::default();
@@ -145,11 +161,7 @@ mod tests {
         );
         probe.open.set(true);
         probe.wake();
-        assert_eq!(
-            count.0.load(Ordering::SeqCst),
-            1,
-            "its wake-up wakes the task"
-        );
+        assert_eq!(count.get(), 1, "its wake-up wakes the task");
         assert!(Pin::new(&mut f).poll(&mut cx).is_ready());
         assert_eq!(probe.polls.get(), 2);
     }
@@ -187,10 +199,6 @@ mod tests {
             "a different task waker: polled to re-register"
         );
         probe.wake();
-        assert_eq!(
-            second_count.0.load(Ordering::SeqCst),
-            1,
-            "the new one is woken"
-        );
+        assert_eq!(second_count.get(), 1, "the new one is woken");
     }
 }

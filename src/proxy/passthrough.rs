@@ -350,8 +350,7 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::task::{Wake, Waker};
+    use crate::wake::counting::counter;
     use tokio::io::ReadBuf;
 
     /// Always has `per_read` more bytes ready, `reads` times, then would block.
@@ -399,22 +398,9 @@ mod tests {
         }
     }
 
-    #[derive(Default)]
-    struct CountWakes(AtomicUsize);
-
-    impl Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-        fn wake_by_ref(self: &Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-
     #[test]
     fn a_bulk_direction_hands_the_thread_back_after_each_turn() {
-        let wakes = Arc::new(CountWakes::default());
-        let waker = Waker::from(wakes.clone());
+        let (wakes, waker) = counter();
         let mut cx = Context::from_waker(&waker);
         let chunks = 2 * CHUNKS_PER_TURN + 1;
         let mut source = Source {
@@ -430,24 +416,19 @@ mod tests {
                 turn * CHUNKS_PER_TURN * COPY_CHUNK,
                 "a turn's chunks"
             );
-            assert_eq!(
-                wakes.0.load(Ordering::SeqCst),
-                turn,
-                "and the task is woken again"
-            );
+            assert_eq!(wakes.get() as usize, turn, "and the task is woken again");
         }
         // The last chunk, then the source is drained: the direction now waits on the socket,
         // not on itself.
         assert!(direction.poll(&mut cx, &mut source, &mut sink).is_pending());
         assert_eq!(sink.written, chunks * COPY_CHUNK);
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 2);
+        assert_eq!(wakes.get(), 2);
         assert_eq!(direction.bytes, (chunks * COPY_CHUNK) as u64);
     }
 
     #[test]
     fn short_reads_are_copied_in_one_turn() {
-        let wakes = Arc::new(CountWakes::default());
-        let waker = Waker::from(wakes.clone());
+        let (wakes, waker) = counter();
         let mut cx = Context::from_waker(&waker);
         let mut source = Source {
             per_read: 1024,
@@ -461,6 +442,6 @@ mod tests {
             5 * 1024,
             "every short read is copied before waiting"
         );
-        assert_eq!(wakes.0.load(Ordering::SeqCst), 0, "without a yield");
+        assert_eq!(wakes.get(), 0, "without a yield");
     }
 }

@@ -1,10 +1,10 @@
 //! `latency`: open loop at a fixed rate.
 //!
 //! Message i is due at `start + i / rate`; a timerfd (microsecond precision, unlike tokio's
-//! millisecond timer) wakes the sender `--spin` ahead of it, and the sender polls until it is due,
-//! then sends it, round-robin over the connections. The payload carries the message's *intended* send time, and latency is
-//! `receive time - intended time`: when the target (or the sender) falls behind, the wait counts
-//! (no coordinated omission). Messages due during the warm-up are sent but not recorded.
+//! millisecond timer) wakes the sender `--spin` ahead of it, and the sender polls until it is
+//! due, then sends it, round-robin over the connections. The payload carries the message's
+//! *intended* send time, and latency is `receive time - intended time`: when the target (or the
+//! sender) falls behind, the wait counts (no coordinated omission). Messages due during the warm-up are sent but not recorded.
 
 use std::cell::{Cell, RefCell};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
