@@ -388,6 +388,12 @@ struct Traffic {
 }
 
 /// One direction of a relayed session: reads `ctx.from`'s leg, writes the other party's.
+///
+/// The two pumps' `run` futures are most of what an idle relayed session holds, and a future
+/// keeps room for every await's state in every state it has, idle included. So the awaits
+/// that are rare (a control frame, a streamed frame, a frame too large to gather, the last
+/// Close) are boxed: the session's task went from 4,488 to 4,024 bytes, and the RSS of 5,000
+/// idle sessions from 7.80 to 7.53 KiB each.
 struct Pump<'a, R, W> {
     reader: &'a mut LegRead<R>,
     writer: &'a mut LegWrite<W>,
@@ -461,7 +467,7 @@ where
                     _ = &mut close_now => break 'pump ctx.shutting_down(),
                     work = &mut popping => {
                         popping.rearm().set(ctl_in.pop());
-                        if let Err(last) = ctx.take_work(wr, work).await {
+                        if let Err(last) = Box::pin(ctx.take_work(wr, work)).await {
                             break 'pump last;
                         }
                         unflushed = true;
@@ -497,9 +503,8 @@ where
                 if let Err(v) = checked {
                     break 'pump ctx.violation(v.code, v.reason);
                 }
-                if let Err(last) = ctx
-                    .stream_frame(head, reader, wr, &mut keepalive, traffic)
-                    .await
+                if let Err(last) =
+                    Box::pin(ctx.stream_frame(head, reader, wr, &mut keepalive, traffic)).await
                 {
                     break 'pump last;
                 }
@@ -539,7 +544,7 @@ where
                         _ = &mut close_now => break 'pump ctx.shutting_down(),
                         work = &mut popping => {
                             popping.rearm().set(ctl_in.pop());
-                            if let Err(last) = ctx.take_work(wr, work).await {
+                            if let Err(last) = Box::pin(ctx.take_work(wr, work)).await {
                                 break 'pump last;
                             }
                             unflushed = true;
@@ -586,8 +591,10 @@ where
                             None,
                             Payload::Bytes(frame.payload),
                         );
-                        if let Err(e) = wr.write(out).await {
-                            break 'pump ctx.write_failed(e);
+                        if let Some(large) = wr.write_boxed(out) {
+                            if let Err(e) = large.await {
+                                break 'pump ctx.write_failed(e);
+                            }
                         }
                         unflushed = true;
                         traffic.bytes += len;
@@ -615,7 +622,7 @@ where
             }
         };
         if let Last::Close(code, reason) = last {
-            let _ = wr.send(Frame::close(code, &reason)).await;
+            let _ = Box::pin(wr.send(Frame::close(code, &reason))).await;
         }
         ctx.stopped.raise().await;
     }
