@@ -30,6 +30,15 @@ pub const BUFFER_SIZE: usize = 256 * 1024;
 /// The buffer lent for the read is still a [`BUFFER_SIZE`] one; only the read is shorter.
 pub const COPY_CHUNK: usize = 64 * 1024 - 64;
 
+/// Full [`COPY_CHUNK`]s a bulk transfer (a passthrough direction, a frame streamed through the
+/// relay) copies before it yields to the thread's other connections (see
+/// `proxy::passthrough`'s `Direction`). Measured on a 1 MiB echo through passthrough, 10
+/// connections, in runs of 8 interleaved rounds, as a ratio of medians to HAProxy with 64 KiB
+/// buffers in the same run: 1 chunk 0.98x, 2 chunks 1.03x and 1.04x, 4 chunks 1.01x and 1.05x;
+/// no round stalled. Yielding after every chunk costs a task poll per 64 KiB and delays each
+/// message more.
+pub const CHUNKS_PER_TURN: usize = 2;
+
 /// Spare buffers a thread keeps (4 MiB); more are freed when returned.
 const POOL_MAX: usize = 16;
 

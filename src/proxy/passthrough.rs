@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
 use super::strip_hop_by_hop;
-use crate::buffer::{poll_read_lent, Filled, COPY_CHUNK};
+use crate::buffer::{poll_read_lent, Filled, CHUNKS_PER_TURN, COPY_CHUNK};
 use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
@@ -262,13 +262,6 @@ enum PipeEnd {
     Read(io::Error),
     Write(io::Error),
 }
-
-/// Full chunks a direction copies before it yields. Measured on a 1 MiB echo through
-/// passthrough, 10 connections, in runs of 8 interleaved rounds, as a ratio of medians to HAProxy
-/// with 64 KiB buffers in the same run: 1 chunk 0.98x, 2 chunks 1.03x and 1.04x, 4 chunks 1.01x
-/// and 1.05x; no round stalled. Yielding after every chunk costs a task poll per 64 KiB and
-/// delays each message more.
-const CHUNKS_PER_TURN: usize = 2;
 
 /// One direction of a tunnel: read into a lent buffer, write it all, flush once the reader has
 /// nothing more (TLS holds data until flushed); end of stream becomes a half-close.

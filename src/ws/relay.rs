@@ -40,7 +40,7 @@ use super::session::{
     configure_reader, discard, next_frame, poll_once, ClosedBy, SessionEnd, Signal,
 };
 use super::stream::{key_at, recode_key, Head};
-use crate::buffer::COPY_CHUNK;
+use crate::buffer::{CHUNKS_PER_TURN, COPY_CHUNK};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -707,7 +707,16 @@ impl PumpCtx<'_> {
         let key = recode_key(head.mask, out_key);
         // Header bytes still to go out (with the first piece); payload sent and left.
         let (mut head_len, mut sent, mut left) = (head.len, 0u64, head.payload);
+        // Whole chunks sent this turn: a large frame takes turns with the thread's other
+        // connections, as a passthrough tunnel does, rather than being read to its end at once
+        // (which also let Linux's receive-buffer autotuning stall on loopback; see
+        // `CHUNKS_PER_TURN`).
+        let mut full_chunks = 0;
         while left > 0 {
+            if full_chunks == CHUNKS_PER_TURN {
+                full_chunks = 0;
+                tokio::task::yield_now().await;
+            }
             let Some(parked) = reader.parked_mut() else {
                 let limit = left.min(COPY_CHUNK as u64) as usize;
                 tokio::select! {
@@ -741,6 +750,9 @@ impl PumpCtx<'_> {
             };
             written.map_err(|e| self.write_failed(e))?;
             reader.consume(head_len + n);
+            if head_len + n >= COPY_CHUNK {
+                full_chunks += 1;
+            }
             head_len = 0;
             sent += n as u64;
             left -= n as u64;
@@ -843,5 +855,86 @@ impl PumpCtx<'_> {
         let (code, reason) = to.failure_close();
         self.ctl_back.finish(Fin::Close(code, reason));
         Last::Nothing
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::future::Future;
+    use std::task::Context;
+
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+    use crate::wake::counting::counter;
+
+    /// A binary frame far larger than a chunk, all of it already readable (an always-ready
+    /// socket), is sent on in turns: the pump hands the thread back after each
+    /// [`CHUNKS_PER_TURN`] whole chunks and has itself woken, and every byte still arrives.
+    #[test]
+    fn a_streamed_frame_hands_the_thread_back_after_each_turn() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let _entered = rt.enter();
+        let payload = 5 * COPY_CHUNK + 100;
+        let mut wire = vec![0x82, 127];
+        wire.extend_from_slice(&(payload as u64).to_be_bytes());
+        wire.extend((0..payload).map(|i| i as u8));
+        let (mut app, leg) = tokio::io::duplex(wire.len());
+        let (mut client, to_client) = tokio::io::duplex(wire.len());
+        rt.block_on(app.write_all(&wire)).unwrap();
+
+        let opts = WsOptions::default();
+        let mut reader = LegRead::new(leg, opts.receive_buffer_size);
+        assert!(rt.block_on(reader.wait_for_data()).unwrap());
+        let head = Head::streamable(reader.parked_mut().unwrap()).expect("a streamable header");
+        let mut writer = LegWrite::new(to_client);
+        let mut wr = FrameWriter {
+            io: &mut writer,
+            masks: false,
+        };
+        let (ctl, ending, closing, stopped) = (
+            ControlQueue::new(),
+            OnceLock::new(),
+            Signal::default(),
+            Signal::default(),
+        );
+        let ctx = PumpCtx {
+            from: Party::Upstream,
+            opts: &opts,
+            ctl_back: &ctl,
+            ending: &ending,
+            closing: &closing,
+            stopped: &stopped,
+        };
+        let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
+        let mut traffic = Traffic::default();
+
+        let (wakes, waker) = counter();
+        let mut cx = Context::from_waker(&waker);
+        let mut streaming =
+            Box::pin(ctx.stream_frame(head, &mut reader, &mut wr, &mut keepalive, &mut traffic));
+        let mut turns = 0;
+        let done = loop {
+            match streaming.as_mut().poll(&mut cx) {
+                Poll::Ready(done) => break done,
+                Poll::Pending => {
+                    turns += 1;
+                    assert_eq!(wakes.get(), turns, "a turn ends with the task woken again");
+                }
+            }
+        };
+        assert!(done.is_ok());
+        // Six chunks' worth of reads (the first one parked), two per turn: two yields.
+        assert_eq!(turns, 2);
+        drop(streaming);
+        rt.block_on(wr.flush()).unwrap();
+        assert_eq!(traffic.bytes, payload as u64);
+        let mut got = vec![0u8; wire.len()];
+        rt.block_on(tokio::io::AsyncReadExt::read_exact(&mut client, &mut got))
+            .unwrap();
+        assert_eq!(got, wire, "the frame arrives whole, header and payload");
     }
 }
