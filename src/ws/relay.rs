@@ -927,7 +927,8 @@ mod tests {
             }
         };
         assert!(done.is_ok());
-        // Six chunks' worth of reads (the first one parked), two per turn: two yields.
+        // The parked read takes `receive_buffer_size` (4 KiB), then come four whole chunks and
+        // a short one: a turn ends after the second whole chunk and after the fourth.
         assert_eq!(turns, 2);
         drop(streaming);
         rt.block_on(wr.flush()).unwrap();
