@@ -39,6 +39,26 @@ pub const COPY_CHUNK: usize = 64 * 1024 - 64;
 /// message more.
 pub const CHUNKS_PER_TURN: usize = 2;
 
+/// Where a bulk transfer is in its turn: the whole [`COPY_CHUNK`]s copied since it last yielded.
+/// Copies shorter than a chunk (small messages, TLS records) never count.
+#[derive(Debug, Default)]
+pub struct Turn(usize);
+
+impl Turn {
+    /// Counts a copy of `n` bytes; `true` when it ends the turn (and the next one starts), so
+    /// the caller yields before it reads again.
+    pub fn ends_with(&mut self, n: usize) -> bool {
+        if n >= COPY_CHUNK {
+            self.0 += 1;
+        }
+        if self.0 < CHUNKS_PER_TURN {
+            return false;
+        }
+        self.0 = 0;
+        true
+    }
+}
+
 /// Spare buffers a thread keeps (4 MiB); more are freed when returned.
 const POOL_MAX: usize = 16;
 

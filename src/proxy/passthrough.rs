@@ -19,7 +19,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
 use super::strip_hop_by_hop;
-use crate::buffer::{poll_read_lent, Filled, CHUNKS_PER_TURN, COPY_CHUNK};
+use crate::buffer::{poll_read_lent, Filled, Turn, COPY_CHUNK};
 use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
@@ -267,9 +267,9 @@ enum PipeEnd {
 /// nothing more (TLS holds data until flushed); end of stream becomes a half-close.
 ///
 /// A bulk transfer takes turns with the thread's other connections: once a direction has
-/// copied [`CHUNKS_PER_TURN`] reads that each filled a whole [`COPY_CHUNK`], it yields instead of
-/// reading again at once, so a busy socket is read a little per pass, as HAProxy does (one read
-/// per pass). Draining a socket 16 chunks in a row left Linux's receive-buffer autotuning stuck
+/// copied [`crate::buffer::CHUNKS_PER_TURN`] reads that each filled a whole [`COPY_CHUNK`] (a
+/// [`Turn`]), it yields instead of reading again at once, so a busy socket is read a little per
+/// pass, as HAProxy does (one read per pass). Draining a socket 16 chunks in a row left Linux's receive-buffer autotuning stuck
 /// in about one round in three on loopback: the kernel's RTT estimate for the socket fell to
 /// 15-40 us, its receive buffer stayed near 1 MB instead of growing to about 10 MB, and the
 /// window updates that followed cost a 1 MiB echo through passthrough a quarter of its rate.
@@ -294,7 +294,7 @@ impl Direction {
         R: AsyncRead + Unpin,
         W: AsyncWrite + Unpin,
     {
-        let mut full_chunks = 0;
+        let mut turn = Turn::default();
         loop {
             if self.ending.is_some() {
                 // A failed shutdown changes nothing: the direction is over either way.
@@ -310,12 +310,10 @@ impl Direction {
                     Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
                     Poll::Ready(Ok(())) => {}
                 }
-                if filled.end == COPY_CHUNK {
-                    full_chunks += 1;
-                }
+                let turn_ends = turn.ends_with(filled.end);
                 self.pending = None; // the buffer goes back to the pool
                 self.unflushed = true;
-                if full_chunks == CHUNKS_PER_TURN {
+                if turn_ends {
                     // More is probably waiting; it is read on the next turn (see `Direction`).
                     cx.waker().wake_by_ref();
                     return Poll::Pending;
@@ -343,6 +341,7 @@ impl Direction {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::buffer::CHUNKS_PER_TURN;
     use crate::wake::counting::counter;
     use tokio::io::ReadBuf;
 

@@ -40,7 +40,7 @@ use super::session::{
     configure_reader, discard, next_frame, poll_once, ClosedBy, SessionEnd, Signal,
 };
 use super::stream::{key_at, recode_key, Head};
-use crate::buffer::{CHUNKS_PER_TURN, COPY_CHUNK};
+use crate::buffer::{Turn, COPY_CHUNK};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
@@ -707,16 +707,11 @@ impl PumpCtx<'_> {
         let key = recode_key(head.mask, out_key);
         // Header bytes still to go out (with the first piece); payload sent and left.
         let (mut head_len, mut sent, mut left) = (head.len, 0u64, head.payload);
-        // Whole chunks sent this turn: a large frame takes turns with the thread's other
-        // connections, as a passthrough tunnel does, rather than being read to its end at once
-        // (which also let Linux's receive-buffer autotuning stall on loopback; see
-        // `CHUNKS_PER_TURN`).
-        let mut full_chunks = 0;
+        // A large frame takes turns with the thread's other connections, as a passthrough
+        // tunnel does, rather than being read to its end at once (which also let Linux's
+        // receive-buffer autotuning stall on loopback; see `CHUNKS_PER_TURN`).
+        let mut turn = Turn::default();
         while left > 0 {
-            if full_chunks == CHUNKS_PER_TURN {
-                full_chunks = 0;
-                tokio::task::yield_now().await;
-            }
             let Some(parked) = reader.parked_mut() else {
                 let limit = left.min(COPY_CHUNK as u64) as usize;
                 tokio::select! {
@@ -750,14 +745,15 @@ impl PumpCtx<'_> {
             };
             written.map_err(|e| self.write_failed(e))?;
             reader.consume(head_len + n);
-            if head_len + n >= COPY_CHUNK {
-                full_chunks += 1;
-            }
+            let turn_ends = turn.ends_with(head_len + n);
             head_len = 0;
             sent += n as u64;
             left -= n as u64;
             traffic.bytes += n as u64;
             keepalive.seen();
+            if turn_ends && left > 0 {
+                tokio::task::yield_now().await;
+            }
         }
         if head.fin {
             traffic.messages += 1;
@@ -870,7 +866,8 @@ mod tests {
 
     /// A binary frame far larger than a chunk, all of it already readable (an always-ready
     /// socket), is sent on in turns: the pump hands the thread back after each
-    /// [`CHUNKS_PER_TURN`] whole chunks and has itself woken, and every byte still arrives.
+    /// [`crate::buffer::CHUNKS_PER_TURN`] whole chunks and has itself woken, and every byte
+    /// still arrives.
     #[test]
     fn a_streamed_frame_hands_the_thread_back_after_each_turn() {
         let rt = tokio::runtime::Builder::new_current_thread()
