@@ -167,15 +167,20 @@ async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own
     let mut app = spawn_raw_app().await;
     let gw = relay_to(&app.url()).await;
     let (mut c, mut up) = raw_pair(&gw, &mut app).await;
-    // One write, so the frames arrive together: data frames around a Ping and a fragmented
-    // message, a 16-bit length among 7-bit ones.
+    // One write, so the frames arrive together: data frames around a Ping and fragmented
+    // messages, a 16-bit length among 7-bit ones, small and larger payloads (a binary one of
+    // 64 bytes or more is unmasked and masked again in one pass, a text one in two).
     let euro = "€".as_bytes();
+    let text = "é".repeat(50);
     let burst = [
         frame(true, 1, MASK, b"one"),
         frame(true, 2, MASK, &[7; 300]),
         frame(true, 9, MASK, b"p"),
         frame(false, 1, MASK, &euro[..2]),
         frame(true, 0, MASK, &euro[2..]),
+        frame(true, 1, MASK, text.as_bytes()),
+        frame(false, 2, MASK, &[3; 70]),
+        frame(true, 0, MASK, &[4; 80]),
     ]
     .concat();
     c.write_all(&burst).await.unwrap();
@@ -185,6 +190,9 @@ async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own
         (0x82, vec![7; 300]),
         (0x01, euro[..2].to_vec()),
         (0x80, euro[2..].to_vec()),
+        (0x81, text.as_bytes().to_vec()),
+        (0x02, vec![3; 70]),
+        (0x80, vec![4; 80]),
     ] {
         let (got, key, body) = read_masked(&mut up).await;
         assert_eq!((got, body), (b0, payload));
@@ -196,7 +204,7 @@ async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own
     keys.dedup();
     assert_eq!(
         keys.len(),
-        5,
+        8,
         "the client's key, or one key twice: {keys:?}"
     );
 

@@ -26,7 +26,6 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use rand::RngCore;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
@@ -643,15 +642,13 @@ fn ready_in_place(
     let mut keys = masks.then(rand::rng);
     while let Some(f) = Whole::at(&parked[at..]) {
         let frame = &mut parked[at..at + f.wire()];
-        match f.open(frame, validator) {
+        // The validator makes sure that a client's frames came masked, and only they go to
+        // the app, the leg whose writer masks (`keys`).
+        let checked = f.relay(frame, validator, keys.as_mut());
+        match checked {
             Ok(FrameKind::Data { fin: true, .. }) => traffic.messages += 1,
             Ok(_) => {}
             Err(v) => return (at, Some(v)),
-        }
-        // The validator made sure that a client's frames came masked, and only they go to the
-        // app, the leg whose writer masks.
-        if let Some(keys) = keys.as_mut() {
-            f.remask(frame, keys.next_u32().to_ne_bytes());
         }
         traffic.bytes += f.payload as u64;
         at += f.wire();
