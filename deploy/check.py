@@ -305,10 +305,19 @@ def walk(top):
             yield os.path.relpath(os.path.join(d, f), top)
 
 
+def host_triple():
+    """The platform rustc builds for here (`host:` in `rustc -vV`)."""
+    out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
+    return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("host:"))
+
+
 def check_targets(tmp, where, what):
     """`cargo metadata --locked`: the workspace loads from these files alone and Cargo.lock is
     up to date; then wsgate's lib and bin sources must exist for `cargo build --bin wsgate`."""
-    r = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1"],
+    # Offline, cargo has only what the build fetched: the crates of this platform. Without the
+    # filter it wants every platform's (Windows-only ones too), which a fresh machine lacks.
+    r = subprocess.run(["cargo", "metadata", "--locked", "--offline", "--format-version", "1",
+                        "--filter-platform", host_triple()],
                        cwd=tmp, capture_output=True, text=True)
     if r.returncode != 0:
         lines = r.stderr.strip().splitlines() or ["(no output)"]
