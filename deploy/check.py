@@ -8,6 +8,7 @@
 Every failure is one line on stderr starting with the file it is about; exit status 1.
 """
 
+import functools
 import hashlib
 import json
 import os
@@ -305,8 +306,9 @@ def walk(top):
             yield os.path.relpath(os.path.join(d, f), top)
 
 
+@functools.cache
 def host_triple():
-    """The platform rustc builds for here (`host:` in `rustc -vV`)."""
+    """The platform rustc builds for here (`host:` in `rustc -vV`), asked once."""
     out = subprocess.run(["rustc", "-vV"], capture_output=True, text=True, check=True).stdout
     return next(l.split(":", 1)[1].strip() for l in out.splitlines() if l.startswith("host:"))
 

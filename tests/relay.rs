@@ -168,8 +168,8 @@ async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own
     let gw = relay_to(&app.url()).await;
     let (mut c, mut up) = raw_pair(&gw, &mut app).await;
     // One write, so the frames arrive together: data frames around a Ping and fragmented
-    // messages, a 16-bit length among 7-bit ones, small and larger payloads (a binary one of
-    // 64 bytes or more is unmasked and masked again in one pass, a text one in two).
+    // messages, a 16-bit length among 7-bit ones, small and larger payloads (a binary one is
+    // unmasked and masked again in one pass, a text one in two).
     let euro = "€".as_bytes();
     let text = "é".repeat(50);
     let burst = [

@@ -269,13 +269,13 @@ enum PipeEnd {
 /// A bulk transfer takes turns with the thread's other connections: once a direction has
 /// copied [`crate::buffer::CHUNKS_PER_TURN`] reads that each filled a whole [`COPY_CHUNK`] (a
 /// [`Turn`]), it yields instead of reading again at once, so a busy socket is read a little per
-/// pass, as HAProxy does (one read per pass). Draining a socket 16 chunks in a row left Linux's receive-buffer autotuning stuck
-/// in about one round in three on loopback: the kernel's RTT estimate for the socket fell to
-/// 15-40 us, its receive buffer stayed near 1 MB instead of growing to about 10 MB, and the
-/// window updates that followed cost a 1 MiB echo through passthrough a quarter of its rate.
-/// Taking turns kept every round fast. It is also fairer: one bulk tunnel cannot hold the
-/// thread while others wait. Reads shorter than a chunk (small messages, TLS records) never
-/// count towards a turn.
+/// pass, as HAProxy does (one read per pass). Draining a socket 16 chunks in a row left Linux's
+/// receive-buffer autotuning stuck in about one round in three on loopback: the kernel's RTT
+/// estimate for the socket fell to 15-40 us, its receive buffer stayed near 1 MB instead of
+/// growing to about 10 MB, and the window updates that followed cost a 1 MiB echo through
+/// passthrough a quarter of its rate. Taking turns kept every round fast. It is also fairer:
+/// one bulk tunnel cannot hold the thread while others wait. Reads shorter than a chunk (small
+/// messages, TLS records) never count towards a turn.
 #[derive(Default)]
 struct Direction {
     /// Read and not yet written.

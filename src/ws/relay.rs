@@ -644,8 +644,7 @@ fn ready_in_place(
         let frame = &mut parked[at..at + f.wire()];
         // The validator makes sure that a client's frames came masked, and only they go to
         // the app, the leg whose writer masks (`keys`).
-        let checked = f.relay(frame, validator, keys.as_mut());
-        match checked {
+        match f.relay(frame, validator, keys.as_mut()) {
             Ok(FrameKind::Data { fin: true, .. }) => traffic.messages += 1,
             Ok(_) => {}
             Err(v) => return (at, Some(v)),
