@@ -19,6 +19,8 @@
 //! - [`shutdown`]: the shared shutdown handle (draining flag, tokens, task tracker).
 //! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
 //! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.
+//! - [`upgraded`]: an upgraded connection taken back from hyper: a plain socket read and written
+//!   directly, split without a lock.
 //! - [`upstream`]: balancing, health and connecting to the apps behind the gateway.
 //! - [`metrics`]: Prometheus counters, gauges and histograms per server.
 //! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
@@ -45,6 +47,7 @@ pub mod server;
 pub mod service;
 pub mod shutdown;
 pub mod tls;
+pub mod upgraded;
 pub mod upstream;
 pub mod wake;
 pub mod ws;

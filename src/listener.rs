@@ -1,7 +1,9 @@
-//! Accepting connections: TCP, optional TLS, then hyper-util's server with upgrades. Every stage
-//! is bounded in time so a silent or slow client cannot hold a connection (slowloris): the TLS
-//! handshake, the first request (which hyper's own header timeout does not cover while the
-//! auto builder is still sniffing for HTTP/2), and each request head after that.
+//! Accepting connections: TCP, optional TLS, then hyper's server with upgrades: its HTTP/1 server
+//! for a plain connection that begins like HTTP/1 (see [`sniff`]) and a TLS one that did not
+//! choose h2 by ALPN, hyper-util's auto builder (HTTP/1 or HTTP/2) for the rest. Every stage is bounded in time so a silent or slow client
+//! cannot hold a connection (slowloris): the TLS handshake, the first bytes, the first request
+//! (which hyper's own header timeout does not cover while the auto builder is still sniffing for
+//! HTTP/2), and each request head after that.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -154,14 +156,90 @@ async fn serve_connection(a: Accepted) {
         started: AtomicBool::new(false),
     });
     match tls {
-        None => serve_http(stream, ctx, watcher).await,
+        None => {
+            let sniffed = tokio::select! {
+                sniffed = tokio::time::timeout(http.header_read_timeout, sniff(&stream)) => sniffed,
+                _ = ctx.shutdown.accepting_stopped().cancelled() => return,
+            };
+            match sniffed {
+                Ok(Ok(Sniffed::Http1)) => serve_http1(stream, ctx).await,
+                Ok(Ok(Sniffed::MaybeHttp2)) => serve_http(stream, ctx, watcher).await,
+                Ok(Ok(Sniffed::Closed)) => {}
+                Ok(Err(e)) => debug!(error = %e, "reading the first request failed"),
+                Err(_) => debug!("no request within the header timeout; closing"),
+            }
+        }
         Some(acceptor) => {
             match tokio::time::timeout(http.tls_handshake_timeout, acceptor.accept(stream)).await {
-                Ok(Ok(tls_stream)) => serve_http(tls_stream, ctx, watcher).await,
+                // RFC 9113 §3.2: HTTP/2 over TLS is chosen by ALPN, so anything else is HTTP/1.
+                Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
+                    serve_http(tls_stream, ctx, watcher).await
+                }
+                Ok(Ok(tls_stream)) => serve_http1(tls_stream, ctx).await,
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
                 Err(_) => debug!("TLS handshake timed out"),
             }
         }
+    }
+}
+
+/// What the first bytes of a plain connection say it speaks.
+enum Sniffed {
+    Http1,
+    /// The HTTP/2 preface, or too few bytes yet to tell (a lone `P`).
+    MaybeHttp2,
+    Closed,
+}
+
+/// Looks at the first bytes without taking them, so that a plain HTTP/1.1 connection can go to
+/// hyper's HTTP/1 server as the socket itself: hyper-util's auto builder would read them to
+/// decide instead, and keep them in a `Rewind` wrapper that its upgraded connections can never
+/// be taken out of (see [`crate::upgraded`]).
+async fn sniff(stream: &TcpStream) -> std::io::Result<Sniffed> {
+    const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let mut first = [0u8; PREFACE.len()];
+    Ok(match stream.peek(&mut first).await? {
+        0 => Sniffed::Closed,
+        n if PREFACE.starts_with(&first[..n]) => Sniffed::MaybeHttp2,
+        _ => Sniffed::Http1,
+    })
+}
+
+/// A connection known to speak HTTP/1 (a plain one that began like it, a TLS one that did not
+/// choose h2): hyper's own HTTP/1 server, so that an upgrade's stream can be taken back (see
+/// [`crate::upgraded`]). hyper-util's `GracefulShutdown` cannot watch its upgradeable connection
+/// type, so this one starts its graceful shutdown itself when listeners stop accepting, as the
+/// watcher would.
+async fn serve_http1<I>(io: I, ctx: Arc<ConnContext>)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let http = ctx.snapshot.config.http.clone();
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(http.header_read_timeout)
+        .max_buf_size(http.max_header_size)
+        .keep_alive(http.keep_alive);
+    let svc_ctx = ctx.clone();
+    let service = service_fn(move |req| service::handle(svc_ctx.clone(), req));
+    let conn = builder
+        .serve_connection(TokioIo::new(io), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let stopping = ctx.shutdown.accepting_stopped().clone();
+    let mut graceful = false;
+    let result = loop {
+        tokio::select! {
+            r = &mut conn => break r,
+            _ = stopping.cancelled(), if !graceful => {
+                graceful = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    };
+    if let Err(e) = result {
+        debug!(error = %e, "connection ended with an error");
     }
 }
 

@@ -13,7 +13,6 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tracing::{info, info_span, warn, Instrument};
 
 use crate::config::WsMode;
@@ -207,7 +206,7 @@ pub fn spawn_session<F, Fut>(
     on_upgrade: hyper::upgrade::OnUpgrade,
     run: F,
 ) where
-    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>, Arc<Snapshot>, Closing) -> Fut + Send + 'static,
+    F: FnOnce(crate::upgraded::Stream, Arc<Snapshot>, Closing) -> Fut + Send + 'static,
     Fut: Future<Output = SessionEnd> + Send,
 {
     let snapshot = ctx.snapshot.clone();
@@ -248,7 +247,7 @@ pub fn spawn_session<F, Fut>(
             let path = &kept.config.routes[index].path;
             let _open = metrics.session_open(path, mode);
             let started = std::time::Instant::now();
-            let end = run(TokioIo::new(upgraded), snapshot, closing).await;
+            let end = run(crate::upgraded::Stream::take(upgraded), snapshot, closing).await;
             metrics.session_ended(path, mode, &end, started.elapsed());
             info!(
                 target: "wsgate::access",

@@ -355,6 +355,81 @@ async fn silent_and_trickling_clients_are_closed_at_the_header_timeout() {
     gw.stop().await;
 }
 
+/// Frames the client sends in the same write as its upgrade request are read by hyper with the
+/// request: they are echoed, first.
+#[tokio::test]
+async fn frames_sent_with_the_upgrade_request_are_echoed_first() {
+    let gw = Gateway::start(&config("")).await;
+    let mut req = format!("{UPGRADE}\r\n").into_bytes();
+    req.extend(frame(true, 1, MASK, b"with the request"));
+    req.extend(frame(true, 2, MASK, &[0, 1, 2, 255]));
+    let (mut s, head) = raw_request(gw.addr(), &req).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(
+        read_frame(&mut s).await,
+        (true, 1, b"with the request".to_vec())
+    );
+    assert_eq!(read_frame(&mut s).await, (true, 2, vec![0, 1, 2, 255]));
+    s.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"later".to_vec()));
+    gw.stop().await;
+}
+
+/// A plain connection goes to hyper's HTTP/1 server when its first bytes cannot start the
+/// HTTP/2 preface, and to the auto builder otherwise: both must answer alike, and HTTP/2 with
+/// prior knowledge must still be served.
+#[tokio::test]
+async fn http1_and_http2_are_told_apart_by_the_first_bytes() {
+    let gw = Gateway::start(&config("")).await;
+    let post =
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    let (_s, whole) = raw_request(gw.addr(), post).await;
+    // "P" alone could begin "PRI * HTTP/2.0": it goes to the auto builder, which must answer the
+    // same.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"P").await.unwrap();
+    s.flush().await.unwrap();
+    s.write_all(&post[1..]).await.unwrap();
+    let split = read_head(&mut s).await;
+    assert!(whole.starts_with("HTTP/1.1 "), "{whole}");
+    assert_eq!(status_of(&split), status_of(&whole), "{split}");
+
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("HTTP/2 with prior knowledge");
+    tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/healthz", gw.addr()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("an HTTP/2 answer within the wait")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    gw.stop().await;
+}
+
+/// An idle keep-alive HTTP/1 connection is closed once shutdown begins, not held until its
+/// header timeout.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
+    let yaml = config("").replace(
+        "health_path",
+        "http:\n  header_read_timeout: 1m\nhealth_path",
+    );
+    let mut gw = Gateway::start(&yaml).await;
+    let (mut s, head) = raw_request(gw.addr(), b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&head), 200);
+    gw.begin_shutdown();
+    read_to_eof(&mut s).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn health_and_sample_page() {
     let gw = Gateway::start(&config("")).await;

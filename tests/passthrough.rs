@@ -21,8 +21,11 @@ fn config(upstream: &str, route_extra: &str) -> String {
 }
 
 /// Sends a raw request from a task, so the test can play the app meanwhile.
-fn spawn_request(addr: SocketAddr, req: String) -> JoinHandle<(TcpStream, String)> {
-    tokio::spawn(async move { raw_request(addr, req.as_bytes()).await })
+fn spawn_request(
+    addr: SocketAddr,
+    req: impl AsRef<[u8]> + Send + 'static,
+) -> JoinHandle<(TcpStream, String)> {
+    tokio::spawn(async move { raw_request(addr, req.as_ref()).await })
 }
 
 #[tokio::test]
@@ -117,6 +120,29 @@ async fn the_apps_upgrade_answer_reaches_the_client_and_bytes_flow_raw() {
     c.read_exact(&mut buf).await.unwrap();
     assert_eq!(&buf, b"neither");
     // The app closing ends the tunnel for the client.
+    drop(up);
+    assert!(read_to_eof(&mut c).await.is_empty());
+    drop(c);
+    gw.stop().await;
+}
+
+/// Bytes that share a write with a handshake are read by hyper with it: once the app has
+/// answered 101, they go through the tunnel first, both ways.
+#[tokio::test]
+async fn bytes_sent_with_either_handshake_are_tunnelled_first() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let mut req = format!("{UPGRADE}\r\n").into_bytes();
+    req.extend_from_slice(b"early from the client");
+    let client = spawn_request(gw.addr(), req);
+    let mut up = app.accept().await;
+    answer_upgrade_then(&mut up, "", b"early from the app").await;
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert_eq!(read_exactly(&mut c, 18).await, b"early from the app");
+    assert_eq!(read_exactly(&mut up, 21).await, b"early from the client");
+    c.write_all(b"then more").await.unwrap();
+    assert_eq!(read_exactly(&mut up, 9).await, b"then more");
     drop(up);
     assert!(read_to_eof(&mut c).await.is_empty());
     drop(c);

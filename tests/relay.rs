@@ -29,8 +29,11 @@ async fn relay_to(app: &str) -> Gateway {
 }
 
 /// Sends a raw request from a task, so the test can play the app meanwhile.
-fn spawn_request(addr: SocketAddr, req: String) -> JoinHandle<(TcpStream, String)> {
-    tokio::spawn(async move { raw_request(addr, req.as_bytes()).await })
+fn spawn_request(
+    addr: SocketAddr,
+    req: impl AsRef<[u8]> + Send + 'static,
+) -> JoinHandle<(TcpStream, String)> {
+    tokio::spawn(async move { raw_request(addr, req.as_ref()).await })
 }
 
 #[tokio::test]
@@ -162,6 +165,44 @@ async fn read_masked(up: &mut TcpStream) -> (u8, [u8; 4], Vec<u8>) {
     (h[0], key, payload)
 }
 
+/// Frames that share a write with a handshake (the client's behind its upgrade request, the
+/// app's behind its 101) are read by hyper with the handshake: they must still be relayed, first.
+#[tokio::test]
+async fn frames_sent_with_either_handshake_are_relayed_first() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let mut req = format!("{UPGRADE}\r\n").into_bytes();
+    req.extend(frame(true, 1, MASK, b"with the request"));
+    req.extend(frame(true, 2, MASK, &[0, 1, 2, 255]));
+    let client = spawn_request(gw.addr(), req);
+    let mut up = app.accept().await;
+    let mut greeting = frame(true, 1, None, b"with the 101");
+    greeting.extend(frame(true, 2, None, &[9, 8, 7]));
+    answer_upgrade_then(&mut up, "", &greeting).await;
+    let (mut c, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+
+    assert_eq!(
+        read_frame(&mut c).await,
+        (true, 1, b"with the 101".to_vec())
+    );
+    assert_eq!(read_frame(&mut c).await, (true, 2, vec![9, 8, 7]));
+    let (h, _, payload) = read_masked(&mut up).await;
+    assert_eq!((h, payload.as_slice()), (0x81, &b"with the request"[..]));
+    let (h, _, payload) = read_masked(&mut up).await;
+    assert_eq!((h, payload.as_slice()), (0x82, &[0u8, 1, 2, 255][..]));
+    // And the socket after them, both ways.
+    c.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
+    let (h, _, payload) = read_masked(&mut up).await;
+    assert_eq!((h, payload.as_slice()), (0x81, &b"later"[..]));
+    up.write_all(&frame(true, 1, None, b"later too"))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut c).await, (true, 1, b"later too".to_vec()));
+    drop((c, up));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own() {
     let mut app = spawn_raw_app().await;
@@ -244,15 +285,6 @@ async fn raw_pair(gw: &Gateway, app: &mut RawApp) -> (TcpStream, TcpStream) {
     let (c, head) = client.await.unwrap();
     assert_eq!(status_of(&head), 101, "{head}");
     (c, up)
-}
-
-async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
-    let mut buf = vec![0u8; n];
-    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
-        .await
-        .expect("bytes within the wait")
-        .unwrap();
-    buf
 }
 
 /// XORs `data` with `key` as it applies `offset` bytes into a payload.

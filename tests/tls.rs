@@ -1,4 +1,4 @@
-//! TLS listeners: wss echo, and certificate choice by SNI.
+//! TLS listeners: wss echo, certificate choice by SNI, and HTTP/2 or HTTP/1.1 by ALPN.
 
 mod common;
 
@@ -93,9 +93,44 @@ async fn alpn_offers_h2_and_http11() {
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let (s, _) = tls_connect(gw.addr(), Arc::new(cfg), "localhost").await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // h2 chosen: HTTP/2 is served.
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(s),
+    )
+    .await
+    .expect("HTTP/2 after ALPN h2");
+    tokio::spawn(conn);
+    let req = http::Request::get("https://localhost/")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("an HTTP/2 answer within the wait")
+        .unwrap();
+    assert_eq!(
+        (resp.status().as_u16(), resp.version()),
+        (200, http::Version::HTTP_2)
+    );
+
+    // http/1.1 chosen: a WebSocket upgrade, with a frame in the same write that hyper reads
+    // along with the request; it is echoed first.
     let mut cfg = (*pki.client_config()).clone();
     cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let (s, _) = tls_connect(gw.addr(), Arc::new(cfg), "localhost").await;
+    let (mut s, _) = tls_connect(gw.addr(), Arc::new(cfg), "localhost").await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let mut req = format!("{UPGRADE}\r\n").into_bytes();
+    req.extend(frame(true, 1, MASK, b"with the request"));
+    s.write_all(&req).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert_eq!(
+        read_frame(&mut s).await,
+        (true, 1, b"with the request".to_vec())
+    );
+    s.write_all(&frame(true, 2, MASK, &[1, 2, 3]))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 2, vec![1, 2, 3]));
     gw.stop().await;
 }

@@ -14,7 +14,6 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
@@ -24,6 +23,7 @@ use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
 };
+use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
@@ -135,7 +135,7 @@ pub async fn handle(
         on_client_upgrade,
         move |client, snapshot, mut closing| async move {
             let linger = snapshot.config.routes[index].ws.close_timeout;
-            let end = tunnel(client, TokioIo::new(upstream_io), linger, &mut closing).await;
+            let end = tunnel(client, Stream::take(upstream_io), linger, &mut closing).await;
             drop(lease);
             // Raw bytes: no messages or close codes are seen, only the bytes each way.
             let mut summary = SessionEnd::new(end.closed_by, None, end.reason);

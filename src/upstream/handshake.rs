@@ -14,8 +14,10 @@ use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Empty;
 use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::debug;
 
 use super::connect::UpstreamStream;
@@ -105,11 +107,24 @@ pub fn set_forwarded(out: &mut HeaderMap, client: &HeaderMap, peer: IpAddr, tls:
 /// Sends one upgrade request on a fresh HTTP/1.1 connection and returns the answer's head.
 /// The connection is driven by its own task with upgrades enabled, so a 101's socket can be
 /// taken with `hyper::upgrade::on`, and any other answer's body streams to whoever reads it.
+/// hyper is handed the plain socket itself, not the enum, so that [`crate::upgraded`] can take
+/// it back after the 101.
 pub async fn send_upgrade(
     stream: UpstreamStream,
     req: Request<Empty<Bytes>>,
 ) -> Result<Response<Incoming>, UpstreamError> {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+    let mut sender = match stream {
+        UpstreamStream::Plain(tcp) => drive(tcp).await?,
+        UpstreamStream::Tls(tls) => drive(tls).await?,
+    };
+    sender.send_request(req).await.map_err(UpstreamError::Http)
+}
+
+async fn drive<T>(io: T) -> Result<SendRequest<Empty<Bytes>>, UpstreamError>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(io))
         .await
         .map_err(UpstreamError::Http)?;
     tokio::spawn(async move {
@@ -117,7 +132,7 @@ pub async fn send_upgrade(
             debug!(error = %e, "upstream connection ended with an error");
         }
     });
-    sender.send_request(req).await.map_err(UpstreamError::Http)
+    Ok(sender)
 }
 
 /// An upstream WebSocket that wsgate opened for a relayed client.

@@ -7,7 +7,7 @@ use std::task::Poll;
 
 use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::AsyncWrite;
 
 use super::burst::Whole;
 use super::close;
@@ -19,6 +19,7 @@ use super::session::{
 };
 use crate::config::WsOptions;
 use crate::limits::TokenBucket;
+use crate::upgraded::Stream;
 
 enum Ending {
     /// We close with this code.
@@ -30,17 +31,14 @@ enum Ending {
 
 /// Runs an accepted WebSocket until either side closes it or `closing` asks for 1001.
 /// `message_rate` is the most messages per second the client may send (0: no limit).
-pub async fn run<S>(
-    io: S,
+pub async fn run(
+    mut io: Stream,
     opts: &WsOptions,
     message_rate: u32,
     closing: impl Future<Output = CloseRequest>,
-) -> SessionEnd
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> SessionEnd {
     let mut closing = pin!(closing);
-    let (r, w) = tokio::io::split(io);
+    let (r, w) = io.split();
     let mut w = LegWrite::new(w);
     let mut raw = LegRead::new(r, opts.receive_buffer_size);
     let meter = raw.meter();

@@ -25,7 +25,6 @@ use bytes::{Bytes, BytesMut};
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tracing::debug;
 
@@ -44,6 +43,7 @@ use crate::config::WsOptions;
 use crate::error::UpstreamError;
 use crate::service::{empty, text, with_close, Body, ConnContext};
 use crate::service::{spawn_session, upstream_failed, Admitted};
+use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
@@ -200,7 +200,7 @@ pub async fn handle(
                 std::future::pending::<()>().await;
             };
             let end = tokio::select! {
-                end = run(client, TokioIo::new(socket.io), opts, &close_now) => end,
+                end = run(client, Stream::take(socket.io), opts, &close_now) => end,
                 _ = closer => unreachable!("the closer never finishes"),
             };
             // The lease counts this session for least_connections until here.
@@ -213,13 +213,14 @@ pub async fn handle(
 
 /// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
 /// `client` is the client's upgraded connection, `upstream` the upstream WebSocket.
-pub async fn run<C, U>(client: C, upstream: U, opts: &WsOptions, closing: &Signal) -> SessionEnd
-where
-    C: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let (r_c, w_c) = tokio::io::split(client);
-    let (r_u, w_u) = tokio::io::split(upstream);
+pub async fn run(
+    mut client: Stream,
+    mut upstream: Stream,
+    opts: &WsOptions,
+    closing: &Signal,
+) -> SessionEnd {
+    let (r_c, w_c) = client.split();
+    let (r_u, w_u) = upstream.split();
     let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
     let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
     let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -206,7 +206,7 @@ pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (TcpStream, String
     (s, head)
 }
 
-pub async fn read_head(s: &mut TcpStream) -> String {
+pub async fn read_head<S: AsyncRead + Unpin>(s: &mut S) -> String {
     let mut buf = Vec::new();
     let mut byte = [0u8; 1];
     tokio::time::timeout(WAIT, async {
@@ -227,6 +227,16 @@ pub async fn read_head(s: &mut TcpStream) -> String {
 
 pub fn status_of(head: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Reads exactly `n` bytes; fails if they do not come within `WAIT`.
+pub async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; n];
+    tokio::time::timeout(WAIT, s.read_exact(&mut buf))
+        .await
+        .expect("bytes within the wait")
+        .unwrap();
+    buf
 }
 
 /// Reads until EOF, returning what came; fails if the peer holds the connection past `WAIT`.
@@ -301,7 +311,7 @@ pub async fn send_fragmented<W: AsyncWriteExt + Unpin>(wr: &mut W, fragments: us
 }
 
 /// Reads one server frame (unmasked) from a raw socket: (fin, opcode, payload).
-pub async fn read_frame(s: &mut TcpStream) -> (bool, u8, Vec<u8>) {
+pub async fn read_frame<S: AsyncRead + Unpin>(s: &mut S) -> (bool, u8, Vec<u8>) {
     tokio::time::timeout(WAIT, async {
         let mut h = [0u8; 2];
         s.read_exact(&mut h).await.unwrap();
@@ -706,13 +716,20 @@ pub fn head_header(head: &str, name: &str) -> Option<String> {
 /// Reads an upgrade request on a raw app connection and answers 101 with the right accept and
 /// `extra` header lines (each ending in CRLF); returns the request head.
 pub async fn answer_upgrade(s: &mut TcpStream, extra: &str) -> String {
+    answer_upgrade_then(s, extra, &[]).await
+}
+
+/// [`answer_upgrade`], with `then` sent behind the 101 in the same write.
+pub async fn answer_upgrade_then(s: &mut TcpStream, extra: &str, then: &[u8]) -> String {
     let head = read_head(s).await;
     let key = head_header(&head, "sec-websocket-key").expect("upgrade carries a key");
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    let resp = format!(
+    let mut resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n{extra}\r\n"
-    );
-    s.write_all(resp.as_bytes()).await.unwrap();
+    )
+    .into_bytes();
+    resp.extend_from_slice(then);
+    s.write_all(&resp).await.unwrap();
     head
 }
 
