@@ -1,9 +1,9 @@
 //! Accepting connections: TCP, optional TLS, then hyper's server with upgrades: its HTTP/1 server
 //! for a plain connection that begins like HTTP/1 (see [`sniff`]) and a TLS one that did not
-//! choose h2 by ALPN, hyper-util's auto builder (HTTP/1 or HTTP/2) for the rest. Every stage is bounded in time so a silent or slow client
-//! cannot hold a connection (slowloris): the TLS handshake, the first bytes, the first request
-//! (which hyper's own header timeout does not cover while the auto builder is still sniffing for
-//! HTTP/2), and each request head after that.
+//! choose h2 by ALPN, hyper-util's auto builder (HTTP/1 or HTTP/2) for the rest. Every stage is
+//! bounded in time so a silent or slow client cannot hold a connection (slowloris): the TLS
+//! handshake, the first bytes, the first request (which hyper's own header timeout does not
+//! cover while the auto builder is still sniffing for HTTP/2), and each request head after that.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

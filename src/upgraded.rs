@@ -5,7 +5,9 @@
 //! each side (`TokioIo`), and, for a connection served by hyper-util's auto builder, behind that
 //! builder's `Rewind` too. A session that reads and writes at once must then split it with
 //! `tokio::io::split`, which takes a lock on every read and write. Every read and write of every
-//! message went through all of it.
+//! message went through all of it: callgrind counted 5–11% of the user instructions per 20 B
+//! echo there (relay 1,398–1,435 per echo with them, 1,291–1,331 without; passthrough 606–613
+//! and 537–566; wsgate's own echo 828–833 and 781–786).
 //!
 //! Where the stream underneath is one wsgate made (a client's `TcpStream` or TLS stream, served
 //! by [`crate::listener`] with hyper's HTTP/1 server rather than the auto builder for this; an
