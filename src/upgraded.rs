@@ -45,11 +45,11 @@ impl Stream {
     /// [`crate::upstream::handshake::send_upgrade`].
     pub fn take(upgraded: hyper::upgrade::Upgraded) -> Self {
         let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
-            Ok(parts) => return Stream::Tcp(parts.io.into_inner(), parts.read_buf),
+            Ok(parts) => return Stream::Tcp(parts.io.into_inner(), own(parts.read_buf)),
             Err(upgraded) => upgraded,
         };
         match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(parts) => Stream::Tls(Box::new(parts.io.into_inner()), parts.read_buf),
+            Ok(parts) => Stream::Tls(Box::new(parts.io.into_inner()), own(parts.read_buf)),
             Err(upgraded) => Stream::Hyper(TokioIo::new(upgraded)),
         }
     }
@@ -93,7 +93,18 @@ pub enum WriteHalf<'a> {
     Hyper(tokio::io::WriteHalf<&'a mut Hyper>),
 }
 
-/// Serves `early` first, then reads from `io`.
+/// hyper's read-ahead is a slice of its whole read buffer (8 KiB or more): even empty, it would
+/// keep that buffer for the session's life. The full bench run at 3ff4a5d, which kept it, measured
+/// idle memory at 8.54 KiB per echo connection and 17.75 per relayed pair (4–5 and 7.5 before).
+fn own(read_ahead: Bytes) -> Bytes {
+    if read_ahead.is_empty() {
+        Bytes::new()
+    } else {
+        read_ahead
+    }
+}
+
+/// Serves `early` first, then reads from `io`; lets go of `early`'s buffer once it is served.
 fn poll_read_after<R: AsyncRead + Unpin>(
     early: &mut Bytes,
     io: &mut R,
@@ -106,6 +117,9 @@ fn poll_read_after<R: AsyncRead + Unpin>(
     let n = early.len().min(buf.remaining());
     buf.put_slice(&early[..n]);
     early.advance(n);
+    if early.is_empty() {
+        *early = Bytes::new();
+    }
     Poll::Ready(Ok(()))
 }
 
