@@ -395,20 +395,7 @@ async fn http1_and_http2_are_told_apart_by_the_first_bytes() {
     assert_eq!(status_of(&split), status_of(&whole), "{split}");
 
     let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("HTTP/2 with prior knowledge");
-    tokio::spawn(conn);
-    let req = http::Request::get(format!("http://{}/healthz", gw.addr()))
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("an HTTP/2 answer within the wait")
-        .unwrap();
+    let resp = h2_get(tcp, &format!("http://{}/healthz", gw.addr())).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.version(), http::Version::HTTP_2);
     gw.stop().await;

@@ -94,20 +94,7 @@ async fn alpn_offers_h2_and_http11() {
     let (s, _) = tls_connect(gw.addr(), Arc::new(cfg), "localhost").await;
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     // h2 chosen: HTTP/2 is served.
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(s),
-    )
-    .await
-    .expect("HTTP/2 after ALPN h2");
-    tokio::spawn(conn);
-    let req = http::Request::get("https://localhost/")
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
-    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
-        .await
-        .expect("an HTTP/2 answer within the wait")
-        .unwrap();
+    let resp = h2_get(s, "https://localhost/").await;
     assert_eq!(
         (resp.status().as_u16(), resp.version()),
         (200, http::Version::HTTP_2)

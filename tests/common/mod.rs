@@ -229,6 +229,27 @@ pub fn status_of(head: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// One HTTP/2 GET on a fresh connection (hyper's client, prior knowledge or after ALPN h2).
+pub async fn h2_get<S>(io: S, uri: &str) -> http::Response<hyper::body::Incoming>
+where
+    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(io),
+    )
+    .await
+    .expect("an HTTP/2 connection");
+    tokio::spawn(conn);
+    let req = http::Request::get(uri)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .expect("an HTTP/2 answer within the wait")
+        .unwrap()
+}
+
 /// Reads exactly `n` bytes; fails if they do not come within `WAIT`.
 pub async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
