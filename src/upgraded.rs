@@ -23,7 +23,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{tcp, TcpStream};
 use tokio_rustls::server::TlsStream;
 
@@ -151,27 +151,28 @@ impl AsyncRead for ReadHalf<'_> {
     }
 }
 
-/// The write side of [`Stream`] and [`WriteHalf`], one match per call.
+/// `AsyncWrite` for an enum of writers, one match per call: [`Stream`], [`WriteHalf`] and
+/// [`crate::upstream::connect::UpstreamStream`]. Each variant's first field is the writer.
 macro_rules! write_by_variant {
     ($ty:ty, $($variant:path),+) => {
-        impl AsyncWrite for $ty {
+        impl ::tokio::io::AsyncWrite for $ty {
             fn poll_write(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
                 buf: &[u8],
-            ) -> Poll<io::Result<usize>> {
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
                 match self.get_mut() {
-                    $($variant(w, ..) => Pin::new(w).poll_write(cx, buf),)+
+                    $($variant(w, ..) => ::std::pin::Pin::new(w).poll_write(cx, buf),)+
                 }
             }
 
             fn poll_write_vectored(
-                self: Pin<&mut Self>,
-                cx: &mut Context<'_>,
-                bufs: &[io::IoSlice<'_>],
-            ) -> Poll<io::Result<usize>> {
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+                bufs: &[::std::io::IoSlice<'_>],
+            ) -> ::std::task::Poll<::std::io::Result<usize>> {
                 match self.get_mut() {
-                    $($variant(w, ..) => Pin::new(w).poll_write_vectored(cx, bufs),)+
+                    $($variant(w, ..) => ::std::pin::Pin::new(w).poll_write_vectored(cx, bufs),)+
                 }
             }
 
@@ -181,20 +182,21 @@ macro_rules! write_by_variant {
                 }
             }
 
-            fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            fn poll_flush(self: ::std::pin::Pin<&mut Self>, cx: &mut ::std::task::Context<'_>) -> ::std::task::Poll<::std::io::Result<()>> {
                 match self.get_mut() {
-                    $($variant(w, ..) => Pin::new(w).poll_flush(cx),)+
+                    $($variant(w, ..) => ::std::pin::Pin::new(w).poll_flush(cx),)+
                 }
             }
 
-            fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+            fn poll_shutdown(self: ::std::pin::Pin<&mut Self>, cx: &mut ::std::task::Context<'_>) -> ::std::task::Poll<::std::io::Result<()>> {
                 match self.get_mut() {
-                    $($variant(w, ..) => Pin::new(w).poll_shutdown(cx),)+
+                    $($variant(w, ..) => ::std::pin::Pin::new(w).poll_shutdown(cx),)+
                 }
             }
         }
     };
 }
+pub(crate) use write_by_variant;
 
 write_by_variant!(
     WriteHalf<'_>,

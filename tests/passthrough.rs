@@ -3,14 +3,12 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 
 use common::*;
 use futures_util::SinkExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::task::JoinHandle;
 use tungstenite::Message;
 
 fn config(upstream: &str, route_extra: &str) -> String {
@@ -18,14 +16,6 @@ fn config(upstream: &str, route_extra: &str) -> String {
         "listen:\n{}websockets:\n  close_timeout: 2s\nroutes:\n  - path: /ws\n    websocket: passthrough\n    upstream_timeout: 2s\n    upstreams: [\"{upstream}\"]\n{route_extra}",
         plain_listener()
     )
-}
-
-/// Sends a raw request from a task, so the test can play the app meanwhile.
-fn spawn_request(
-    addr: SocketAddr,
-    req: impl AsRef<[u8]> + Send + 'static,
-) -> JoinHandle<(TcpStream, String)> {
-    tokio::spawn(async move { raw_request(addr, req.as_ref()).await })
 }
 
 #[tokio::test]

@@ -13,7 +13,6 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
-use tokio::task::JoinHandle;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::Message;
 
@@ -26,14 +25,6 @@ fn config(upstream: &str, ws_extra: &str, route_extra: &str) -> String {
 
 async fn relay_to(app: &str) -> Gateway {
     Gateway::start(&config(app, "", "")).await
-}
-
-/// Sends a raw request from a task, so the test can play the app meanwhile.
-fn spawn_request(
-    addr: SocketAddr,
-    req: impl AsRef<[u8]> + Send + 'static,
-) -> JoinHandle<(TcpStream, String)> {
-    tokio::spawn(async move { raw_request(addr, req.as_ref()).await })
 }
 
 #[tokio::test]

@@ -198,6 +198,14 @@ pub async fn expect_close(ws: &mut Ws) -> u16 {
     }
 }
 
+/// [`raw_request`] from a task, so the test can play the app meanwhile.
+pub fn spawn_request(
+    addr: SocketAddr,
+    req: impl AsRef<[u8]> + Send + 'static,
+) -> tokio::task::JoinHandle<(TcpStream, String)> {
+    tokio::spawn(async move { raw_request(addr, req.as_ref()).await })
+}
+
 /// Sends raw bytes and reads the HTTP response head (up to the blank line).
 pub async fn raw_request(addr: SocketAddr, request: &[u8]) -> (TcpStream, String) {
     let mut s = TcpStream::connect(addr).await.unwrap();
