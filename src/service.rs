@@ -181,9 +181,11 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         None,
         admitted,
         on_upgrade,
-        move |io, snapshot, closing| async move {
+        // The block borrows what it captured, so the session's task holds each once.
+        move |mut io, snapshot, mut closing| async move {
             let route = &snapshot.config.routes[index];
-            echo::run(io, &route.ws, snapshot.config.limits.message_rate, closing).await
+            let rate = snapshot.config.limits.message_rate;
+            echo::run(&mut io, &route.ws, rate, &mut closing).await
         },
     );
     response
@@ -207,7 +209,7 @@ pub fn spawn_session<F, Fut>(
     run: F,
 ) where
     F: FnOnce(crate::upgraded::Stream, Arc<Snapshot>, Closing) -> Fut + Send + 'static,
-    Fut: Future<Output = SessionEnd> + Send,
+    Fut: Future<Output = SessionEnd> + Send + 'static,
 {
     let snapshot = ctx.snapshot.clone();
     let metrics = ctx.metrics.clone();
@@ -232,38 +234,132 @@ pub fn spawn_session<F, Fut>(
         mode,
         upstream = upstream.as_deref().unwrap_or("-")
     );
-    let permit = admitted.permit;
-    ctx.shutdown.tasks().spawn(
-        async move {
-            let _permit = permit;
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    warn!(error = %e, "upgrade did not complete");
-                    return;
+    let task = SessionTask {
+        stage: Stage::Upgrading {
+            on_upgrade,
+            start: Some((run, closing)),
+        },
+        report: Report {
+            _permit: admitted.permit,
+            snapshot,
+            metrics,
+            index,
+            mode,
+        },
+    };
+    ctx.shutdown.tasks().spawn(task.instrument(span));
+}
+
+pin_project_lite::pin_project! {
+    /// A session's task, written out by hand rather than as an `async` block: a block that
+    /// moves `run` (and what it captured) and `closing` into the session's future keeps room
+    /// for them as well, for the session's life, and an idle session is mostly its task. Here
+    /// they live in the `Upgrading` stage only, which the session's future replaces.
+    struct SessionTask<F, Fut> {
+        #[pin]
+        stage: Stage<F, Fut>,
+        report: Report,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StageProj]
+    enum Stage<F, Fut> {
+        Upgrading {
+            on_upgrade: hyper::upgrade::OnUpgrade,
+            start: Option<(F, Closing)>,
+        },
+        Running {
+            #[pin]
+            session: Fut,
+            open: Option<crate::metrics::OpenGuard>,
+            started: std::time::Instant,
+        },
+        Done,
+    }
+}
+
+/// What a session's task keeps from start to end: its limiter slot and what it reports with.
+struct Report {
+    _permit: Permit,
+    snapshot: Arc<Snapshot>,
+    metrics: Arc<Metrics>,
+    index: usize,
+    mode: &'static str,
+}
+
+impl Report {
+    fn path(&self) -> &str {
+        &self.snapshot.config.routes[self.index].path
+    }
+}
+
+impl<F, Fut> Future for SessionTask<F, Fut>
+where
+    F: FnOnce(crate::upgraded::Stream, Arc<Snapshot>, Closing) -> Fut,
+    Fut: Future<Output = SessionEnd>,
+{
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        let mut this = self.project();
+        let report: &Report = this.report;
+        loop {
+            match this.stage.as_mut().project() {
+                StageProj::Upgrading { on_upgrade, start } => {
+                    let upgraded = match std::task::ready!(Pin::new(on_upgrade).poll(cx)) {
+                        Ok(u) => u,
+                        Err(e) => {
+                            warn!(error = %e, "upgrade did not complete");
+                            this.stage.set(Stage::Done);
+                            return std::task::Poll::Ready(());
+                        }
+                    };
+                    let (run, closing) = start.take().expect("the upgrade completes once");
+                    let open = report.metrics.session_open(report.path(), report.mode);
+                    let started = std::time::Instant::now();
+                    let session = run(
+                        crate::upgraded::Stream::take(upgraded),
+                        report.snapshot.clone(),
+                        closing,
+                    );
+                    this.stage.set(Stage::Running {
+                        session,
+                        open: Some(open),
+                        started,
+                    });
                 }
-            };
-            let kept = snapshot.clone();
-            let path = &kept.config.routes[index].path;
-            let _open = metrics.session_open(path, mode);
-            let started = std::time::Instant::now();
-            let end = run(crate::upgraded::Stream::take(upgraded), snapshot, closing).await;
-            metrics.session_ended(path, mode, &end, started.elapsed());
-            info!(
-                target: "wsgate::access",
-                duration_ms = started.elapsed().as_millis() as u64,
-                code = end.code,
-                closed_by = %end.closed_by,
-                reason = %end.reason,
-                messages_in = end.messages_in,
-                messages_out = end.messages_out,
-                bytes_in = end.bytes_in,
-                bytes_out = end.bytes_out,
-                "session ended"
-            );
+                StageProj::Running {
+                    session,
+                    open,
+                    started,
+                } => {
+                    let end = std::task::ready!(session.poll(cx));
+                    let (open, lasted) = (open.take(), started.elapsed());
+                    // The session's sockets close before it is reported.
+                    this.stage.set(Stage::Done);
+                    report
+                        .metrics
+                        .session_ended(report.path(), report.mode, &end, lasted);
+                    info!(
+                        target: "wsgate::access",
+                        duration_ms = lasted.as_millis() as u64,
+                        code = end.code,
+                        closed_by = %end.closed_by,
+                        reason = %end.reason,
+                        messages_in = end.messages_in,
+                        messages_out = end.messages_out,
+                        bytes_in = end.bytes_in,
+                        bytes_out = end.bytes_out,
+                        "session ended"
+                    );
+                    drop(open);
+                    return std::task::Poll::Ready(());
+                }
+                StageProj::Done => return std::task::Poll::Ready(()),
+            }
         }
-        .instrument(span),
-    );
+    }
 }
 
 /// An upgrade that passed every check of the gateway's own: what a mode needs to carry into

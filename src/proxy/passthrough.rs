@@ -133,15 +133,20 @@ pub async fn handle(
         Some(url),
         admitted,
         on_client_upgrade,
-        move |client, snapshot, mut closing| async move {
+        // The streams are made here and only borrowed by the block, so the session's task
+        // holds each once (a block keeps room for what it moves into a future it awaits).
+        move |mut client, snapshot, mut closing| {
+            let mut upstream = Stream::take(upstream_io);
             let linger = snapshot.config.routes[index].ws.close_timeout;
-            let end = tunnel(client, Stream::take(upstream_io), linger, &mut closing).await;
-            drop(lease);
-            // Raw bytes: no messages or close codes are seen, only the bytes each way.
-            let mut summary = SessionEnd::new(end.closed_by, None, end.reason);
-            summary.bytes_in = end.bytes_in;
-            summary.bytes_out = end.bytes_out;
-            summary
+            async move {
+                let end = tunnel(&mut client, &mut upstream, linger, &mut closing).await;
+                drop(lease);
+                // Raw bytes: no messages or close codes are seen, only the bytes each way.
+                let mut summary = SessionEnd::new(end.closed_by, None, end.reason);
+                summary.bytes_in = end.bytes_in;
+                summary.bytes_out = end.bytes_out;
+                summary
+            }
         },
     );
     response
