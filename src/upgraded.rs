@@ -13,9 +13,9 @@
 //! by [`crate::listener`] with hyper's HTTP/1 server rather than the auto builder for this; an
 //! upstream's `TcpStream`), [`Stream::take`] gets it back, with the bytes hyper had read past the
 //! handshake. [`Stream::split`] then splits a plain socket into borrowed halves without a lock; a
-//! TLS stream, whose reads and writes share one rustls session, still takes `tokio::io::split`'s
-//! lock. Anything else (an upstream's TLS stream, a client's that began like HTTP/2) keeps all of
-//! hyper's layers.
+//! TLS stream (a client's or an upstream's), whose reads and writes share one rustls session,
+//! still takes `tokio::io::split`'s lock. Anything else (a client's connection that began like
+//! HTTP/2) keeps all of hyper's layers.
 
 use std::io;
 use std::pin::Pin;
@@ -25,7 +25,7 @@ use bytes::{Buf, Bytes};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, ReadBuf};
 use tokio::net::{tcp, TcpStream};
-use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsStream;
 
 type Hyper = TokioIo<hyper::upgrade::Upgraded>;
 
@@ -34,22 +34,34 @@ pub enum Stream {
     /// The socket itself, and what hyper read past the handshake (a client's first frames sent
     /// with its upgrade request, an app's sent with its 101), to be read before the socket.
     Tcp(TcpStream, Bytes),
-    /// A client's TLS stream, and what hyper read past the handshake.
+    /// A TLS stream (a client's, or an upstream's for a wss:// or https:// app), and what hyper
+    /// read past the handshake.
     Tls(Box<TlsStream<TcpStream>>, Bytes),
     Hyper(Hyper),
 }
 
 impl Stream {
     /// Takes the stream back from hyper if it is one wsgate made: a client's served by
-    /// [`crate::listener`]'s HTTP/1 connections, or an upstream's plain socket opened by
+    /// [`crate::listener`]'s HTTP/1 connections, or an upstream's opened by
     /// [`crate::upstream::handshake::send_upgrade`].
     pub fn take(upgraded: hyper::upgrade::Upgraded) -> Self {
         let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
             Ok(parts) => return Stream::Tcp(parts.io.into_inner(), own(parts.read_buf)),
             Err(upgraded) => upgraded,
         };
-        match upgraded.downcast::<TokioIo<TlsStream<TcpStream>>>() {
-            Ok(parts) => Stream::Tls(Box::new(parts.io.into_inner()), own(parts.read_buf)),
+        let upgraded =
+            match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+                Ok(parts) => {
+                    let tls = TlsStream::Server(parts.io.into_inner());
+                    return Stream::Tls(Box::new(tls), own(parts.read_buf));
+                }
+                Err(upgraded) => upgraded,
+            };
+        match upgraded.downcast::<TokioIo<crate::upstream::connect::UpstreamTls>>() {
+            Ok(parts) => {
+                let tls = TlsStream::Client(*parts.io.into_inner());
+                Stream::Tls(Box::new(tls), own(parts.read_buf))
+            }
             Err(upgraded) => Stream::Hyper(TokioIo::new(upgraded)),
         }
     }

@@ -143,7 +143,7 @@ async fn frames_are_forwarded_as_they_come_and_masked_towards_the_app() {
 
 /// Reads a frame under 64 KiB as the app gets it: (first header byte, masking key, payload
 /// unmasked).
-async fn read_masked(up: &mut TcpStream) -> (u8, [u8; 4], Vec<u8>) {
+async fn read_masked<S: tokio::io::AsyncRead + Unpin>(up: &mut S) -> (u8, [u8; 4], Vec<u8>) {
     let h = read_exactly(up, 2).await;
     assert_ne!(h[1] & 0x80, 0, "frames to the app are masked");
     let len = match h[1] & 0x7f {
@@ -183,6 +183,41 @@ async fn frames_sent_with_either_handshake_are_relayed_first() {
     let (h, _, payload) = read_masked(&mut up).await;
     assert_eq!((h, payload.as_slice()), (0x82, &[0u8, 1, 2, 255][..]));
     // And the socket after them, both ways.
+    c.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
+    let (h, _, payload) = read_masked(&mut up).await;
+    assert_eq!((h, payload.as_slice()), (0x81, &b"later"[..]));
+    up.write_all(&frame(true, 1, None, b"later too"))
+        .await
+        .unwrap();
+    assert_eq!(read_frame(&mut c).await, (true, 1, b"later too".to_vec()));
+    drop((c, up));
+    gw.stop().await;
+}
+
+/// The same from an app behind TLS: its frame shares a TLS record with its 101, and the relay
+/// takes the upstream's TLS stream back from hyper with what hyper decrypted past the 101.
+#[tokio::test]
+async fn frames_sent_with_a_tls_apps_101_are_relayed_first() {
+    let pki = TestPki::new();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls_server_config(&pki, "app", &["127.0.0.1"]));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app = listener.local_addr().unwrap();
+    let route = format!("    ca: {}\n", ca_pem_file(&pki).display());
+    let gw = Gateway::start(&config(&format!("wss://{app}"), "", &route)).await;
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let (tcp, _) = tokio::time::timeout(WAIT, listener.accept())
+        .await
+        .expect("the relay connects within the wait")
+        .unwrap();
+    let mut up = acceptor.accept(tcp).await.unwrap();
+    answer_upgrade_then(&mut up, "", &frame(true, 1, None, b"with the 101")).await;
+    let (mut c, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+
+    assert_eq!(
+        read_frame(&mut c).await,
+        (true, 1, b"with the 101".to_vec())
+    );
     c.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
     let (h, _, payload) = read_masked(&mut up).await;
     assert_eq!((h, payload.as_slice()), (0x81, &b"later"[..]));

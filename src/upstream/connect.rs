@@ -56,8 +56,12 @@ pub fn client_config(route: &Route, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>,
 /// A connection to an upstream, plain or TLS, without dynamic dispatch on the data path.
 pub enum UpstreamStream {
     Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Tls(UpstreamTls),
 }
+
+/// An upstream's TLS stream as hyper is handed it: [`crate::upgraded::Stream::take`] looks for
+/// this very type after a 101.
+pub type UpstreamTls = Box<TlsStream<TcpStream>>;
 
 /// Connects within `timeout` (TCP and TLS together).
 pub async fn connect(

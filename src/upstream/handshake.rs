@@ -107,8 +107,8 @@ pub fn set_forwarded(out: &mut HeaderMap, client: &HeaderMap, peer: IpAddr, tls:
 /// Sends one upgrade request on a fresh HTTP/1.1 connection and returns the answer's head.
 /// The connection is driven by its own task with upgrades enabled, so a 101's socket can be
 /// taken with `hyper::upgrade::on`, and any other answer's body streams to whoever reads it.
-/// hyper is handed the plain socket itself, not the enum, so that [`crate::upgraded`] can take
-/// it back after the 101.
+/// hyper is handed the socket or TLS stream itself, not the enum, so that [`crate::upgraded`]
+/// can take it back after the 101.
 pub async fn send_upgrade(
     stream: UpstreamStream,
     req: Request<Empty<Bytes>>,

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -259,7 +259,7 @@ where
 }
 
 /// Reads exactly `n` bytes; fails if they do not come within `WAIT`.
-pub async fn read_exactly(s: &mut TcpStream, n: usize) -> Vec<u8> {
+pub async fn read_exactly<S: AsyncRead + Unpin>(s: &mut S, n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
     tokio::time::timeout(WAIT, s.read_exact(&mut buf))
         .await
@@ -748,8 +748,12 @@ pub async fn answer_upgrade(s: &mut TcpStream, extra: &str) -> String {
     answer_upgrade_then(s, extra, &[]).await
 }
 
-/// [`answer_upgrade`], with `then` sent behind the 101 in the same write.
-pub async fn answer_upgrade_then(s: &mut TcpStream, extra: &str, then: &[u8]) -> String {
+/// [`answer_upgrade`], with `then` sent behind the 101 in the same write (over TLS, in the same
+/// record).
+pub async fn answer_upgrade_then<S>(s: &mut S, extra: &str, then: &[u8]) -> String
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let head = read_head(s).await;
     let key = head_header(&head, "sec-websocket-key").expect("upgrade carries a key");
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
