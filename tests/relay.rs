@@ -183,15 +183,23 @@ async fn frames_sent_with_either_handshake_are_relayed_first() {
     let (h, _, payload) = read_masked(&mut up).await;
     assert_eq!((h, payload.as_slice()), (0x82, &[0u8, 1, 2, 255][..]));
     // And the socket after them, both ways.
+    relays_later_frames(&mut c, &mut up).await;
+    drop((c, up));
+    gw.stop().await;
+}
+
+/// One frame each way after the early ones, read from the sockets themselves.
+async fn relays_later_frames<A>(c: &mut TcpStream, up: &mut A)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     c.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
-    let (h, _, payload) = read_masked(&mut up).await;
+    let (h, _, payload) = read_masked(up).await;
     assert_eq!((h, payload.as_slice()), (0x81, &b"later"[..]));
     up.write_all(&frame(true, 1, None, b"later too"))
         .await
         .unwrap();
-    assert_eq!(read_frame(&mut c).await, (true, 1, b"later too".to_vec()));
-    drop((c, up));
-    gw.stop().await;
+    assert_eq!(read_frame(c).await, (true, 1, b"later too".to_vec()));
 }
 
 /// The same from an app behind TLS: its frame shares a TLS record with its 101, and the relay
@@ -218,13 +226,7 @@ async fn frames_sent_with_a_tls_apps_101_are_relayed_first() {
         read_frame(&mut c).await,
         (true, 1, b"with the 101".to_vec())
     );
-    c.write_all(&frame(true, 1, MASK, b"later")).await.unwrap();
-    let (h, _, payload) = read_masked(&mut up).await;
-    assert_eq!((h, payload.as_slice()), (0x81, &b"later"[..]));
-    up.write_all(&frame(true, 1, None, b"later too"))
-        .await
-        .unwrap();
-    assert_eq!(read_frame(&mut c).await, (true, 1, b"later too".to_vec()));
+    relays_later_frames(&mut c, &mut up).await;
     drop((c, up));
     gw.stop().await;
 }
