@@ -85,11 +85,7 @@ async fn idle_session(
         assert_eq!(read_frame(&mut c).await, (true, 1, HELLO.to_vec()));
         return (c, None);
     }
-    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
-    let mut up = app.accept().await;
-    answer_upgrade(&mut up, "").await;
-    let (mut c, head) = client.await.unwrap();
-    assert_eq!(status_of(&head), 101, "{head}");
+    let (mut c, mut up) = raw_pair(gw, app).await;
     if mode == "relay" {
         c.write_all(&frame(true, 1, Some([1, 2, 3, 4]), HELLO))
             .await

@@ -305,16 +305,6 @@ async fn a_burst_of_small_frames_goes_on_checked_and_each_under_a_key_of_its_own
     gw.stop().await;
 }
 
-/// Opens a relayed WebSocket between a raw client and a raw app: (client, app) sockets.
-async fn raw_pair(gw: &Gateway, app: &mut RawApp) -> (TcpStream, TcpStream) {
-    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
-    let mut up = app.accept().await;
-    answer_upgrade(&mut up, "").await;
-    let (c, head) = client.await.unwrap();
-    assert_eq!(status_of(&head), 101, "{head}");
-    (c, up)
-}
-
 /// XORs `data` with `key` as it applies `offset` bytes into a payload.
 fn xor_at(data: &mut [u8], key: [u8; 4], offset: usize) {
     for (i, b) in data.iter_mut().enumerate() {

@@ -240,7 +240,7 @@ pub fn status_of(head: &str) -> u16 {
 /// One HTTP/2 GET on a fresh connection (hyper's client, prior knowledge or after ALPN h2).
 pub async fn h2_get<S>(io: S, uri: &str) -> http::Response<hyper::body::Incoming>
 where
-    S: AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
@@ -764,6 +764,17 @@ where
     resp.extend_from_slice(then);
     s.write_all(&resp).await.unwrap();
     head
+}
+
+/// Opens a WebSocket through the gateway (relay or passthrough) between a raw client and a raw
+/// app: (client, app) sockets.
+pub async fn raw_pair(gw: &Gateway, app: &mut RawApp) -> (TcpStream, TcpStream) {
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "").await;
+    let (c, head) = client.await.unwrap();
+    assert_eq!(status_of(&head), 101, "{head}");
+    (c, up)
 }
 
 /// Reads one frame as an app sees it: (fin, opcode, masked, payload with the mask removed).
