@@ -262,35 +262,12 @@ fn the_shipped_example_configs_are_valid() {
 
 #[test]
 fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
-    use std::sync::mpsc;
     let dir = TempDir::new("cli-access");
     let file = dir.path().join("access.yaml");
     let one = "listen:\n  - address: 127.0.0.1:0\nlog_format: json\nroutes:\n  - path: /ws\n    websocket: echo\n";
     std::fs::write(&file, one).unwrap();
     let mut child = spawn_logging(&file, &[]);
-    // Every stderr line goes through a channel so the test can wait for a given one.
-    let (tx, rx) = mpsc::channel::<String>();
-    let stderr = child.stderr.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let seen = std::cell::RefCell::new(Vec::new());
-    let wait_for = |pred: &dyn Fn(&str) -> bool| loop {
-        let Ok(line) = rx.recv_timeout(WAIT) else {
-            panic!(
-                "expected log line not within the wait; saw:\n{}",
-                seen.borrow().join("\n")
-            );
-        };
-        seen.borrow_mut().push(line.clone());
-        if pred(&line) {
-            return line;
-        }
-    };
+    let mut lines = StderrLines::of(&mut child);
     let listening = |line: &str| {
         line.contains("\"message\":\"listening\"")
             .then(|| {
@@ -302,7 +279,7 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
             })
             .flatten()
     };
-    let first = listening(&wait_for(&|l| listening(l).is_some())).unwrap();
+    let first = listening(&lines.next_matching(|l| listening(l).is_some())).unwrap();
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -323,7 +300,7 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
         assert_eq!(expect_close(&mut ws).await, 4002);
     });
     // One access line for the session, with what went through it and who closed it.
-    let session = wait_for(&|l| l.contains("\"message\":\"session ended\""));
+    let session = lines.next_matching(|l| l.contains("\"message\":\"session ended\""));
     for field in [
         "\"target\":\"wsgate::access\"",
         "\"code\":4002",
@@ -351,9 +328,9 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
         assert!(status.success());
     };
     hup(&child);
-    let second = listening(&wait_for(&|l| {
-        listening(l).is_some_and(|a| a.starts_with("127.0.0.2:"))
-    }))
+    let second = listening(
+        &lines.next_matching(|l| listening(l).is_some_and(|a| a.starts_with("127.0.0.2:"))),
+    )
     .unwrap();
     let health = rt.block_on(async {
         let (mut s, head) = raw_request(
@@ -365,11 +342,12 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
         status_of(&head)
     });
     assert_eq!(health, 200);
-    let request = wait_for(&|l| l.contains("\"message\":\"request\"") && l.contains("/healthz"));
+    let request =
+        lines.next_matching(|l| l.contains("\"message\":\"request\"") && l.contains("/healthz"));
     assert!(request.contains("\"status\":200"), "{request}");
     std::fs::write(&file, one).unwrap();
     hup(&child);
-    wait_for(&|l| l.contains("listener removed"));
+    lines.next_matching(|l| l.contains("listener removed"));
     let refused = std::net::TcpStream::connect(&second);
     assert!(refused.is_err(), "the removed listener still accepts");
 
@@ -379,4 +357,93 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
         .unwrap();
     assert!(status.success());
     assert_eq!(child.wait().unwrap().code(), Some(0));
+}
+
+/// Reads `child`'s stderr on a thread; `next_matching` waits (up to `WAIT`) for a line.
+struct StderrLines {
+    rx: std::sync::mpsc::Receiver<String>,
+    seen: Vec<String>,
+}
+
+impl StderrLines {
+    fn of(child: &mut Child) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            rx,
+            seen: Vec::new(),
+        }
+    }
+
+    fn next_matching(&mut self, pred: impl Fn(&str) -> bool) -> String {
+        loop {
+            let Ok(line) = self.rx.recv_timeout(WAIT) else {
+                panic!("no such log line; saw:\n{}", self.seen.join("\n"));
+            };
+            self.seen.push(line.clone());
+            if pred(&line) {
+                return line;
+            }
+        }
+    }
+
+    /// The address from the first `listening` line.
+    fn listening(&mut self) -> String {
+        let line = self.next_matching(|l| l.contains("listening") && l.contains("address="));
+        let rest = line.split("address=").nth(1).unwrap();
+        rest.split_whitespace().next().unwrap().to_owned()
+    }
+}
+
+/// Plain level and target filters are installed without span tracking; a filter that selects by
+/// span still works, and a `RUST_LOG` that does not parse is said, not silently dropped.
+#[test]
+fn rust_log_span_directives_work_and_a_bad_rust_log_is_reported() {
+    let dir = TempDir::new("cli-rust-log");
+    let file = dir.path().join("log.yaml");
+    std::fs::write(
+        &file,
+        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
+    )
+    .unwrap();
+
+    // Only the span directive lets a session's access line (info, target wsgate::access)
+    // through: the rest of the filter is warn, and info for wsgate::server alone.
+    let filter = std::ffi::OsStr::new("warn,wsgate::server=info,[ws]=info");
+    let mut child = spawn_logging(&file, &[("RUST_LOG", filter)]);
+    let mut lines = StderrLines::of(&mut child);
+    let addr = lines.listening();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use futures_util::SinkExt;
+        let mut ws = connect(&format!("ws://{addr}/ws")).await;
+        ws.send(tungstenite::Message::text("hello")).await.unwrap();
+        next_msg(&mut ws).await.unwrap().unwrap();
+        ws.close(None).await.unwrap();
+        while let Some(Ok(_)) = next_msg(&mut ws).await {}
+    });
+    let session = lines.next_matching(|l| l.contains("session ended"));
+    assert!(
+        session.contains("wsgate::access") && session.contains("mode=\"echo\""),
+        "{session}"
+    );
+    drop(child);
+
+    // A level that does not exist: the gateway says so and logs at log_level (info).
+    let bad = std::ffi::OsStr::new("wsgate=loud");
+    let mut child = spawn_logging(&file, &[("RUST_LOG", bad)]);
+    let mut lines = StderrLines::of(&mut child);
+    let warning = lines.next_matching(|l| l.contains("RUST_LOG is not a valid log filter"));
+    assert!(
+        warning.contains("WARN") && warning.contains("rust_log=wsgate=loud"),
+        "{warning}"
+    );
+    lines.listening();
 }

@@ -749,7 +749,7 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
         })?,
         log: LogOptions {
             level: top
-                .opt("log_level", Field::string)?
+                .opt("log_level", |f| f.parse(log_filter))?
                 .unwrap_or(log_defaults.level),
             format: top
                 .opt("log_format", |f| f.choice(LOG_FORMATS))?
@@ -812,6 +812,16 @@ fn cidr(s: &str) -> Result<Cidr, String> {
 
 /// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
 /// never depends on resolver order (which may yield ::1 first) to decide where it listens.
+/// Checked here, at its line, so a typo in a level cannot start a gateway that logs nothing.
+fn log_filter(s: &str) -> Result<String, String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| {
+            format!("invalid log filter {s:?}: {e} (use a level such as info, or target=level pairs such as wsgate=debug,hyper=info)")
+        })
+}
+
 fn listen_address(s: &str) -> Result<SocketAddr, String> {
     let invalid = || {
         format!("invalid listen address {s:?} (use ip:port, e.g. 127.0.0.1:8080, [::1]:8080 or localhost:8080)")
@@ -1996,6 +2006,22 @@ routes:
             "routes:\n  - path: /a\n    health_check: {path: /up}\n",
         ));
         assert_err(&e, 5, 19, "routes[0].health_check", "needs upstreams");
+    }
+
+    #[test]
+    fn a_log_filter_that_does_not_parse_is_refused_at_its_line() {
+        let e = err(&with_listen("log_level: wsgate=loud\n"));
+        assert_err(&e, 3, 12, "log_level", "invalid log filter \"wsgate=loud\"");
+        let e = err(&with_listen("log_level: \"wsgate[conn\"\n"));
+        assert_err(&e, 3, 12, "log_level", "invalid log filter");
+        for good in [
+            "debug",
+            "wsgate=debug,hyper=info",
+            "warn,wsgate[ws{mode=relay}]=debug",
+        ] {
+            let yaml = with_listen(&format!("log_level: \"{good}\"\n"));
+            assert_eq!(load(&yaml).expect(good).log.level, good);
+        }
     }
 
     #[test]
