@@ -2,8 +2,9 @@
 //! them. Pings go out every interval whatever the traffic, so idle proxies and NATs in between
 //! see a packet; any frame from the peer, not only the Pong, proves it alive.
 
-use std::future::pending;
+use std::future::{pending, poll_fn, Future};
 use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use tokio::time::{sleep_until, Instant, Sleep};
@@ -21,6 +22,8 @@ pub struct KeepAlive {
     next_ping: Instant,
     ping_sent: Option<Instant>,
     seen: bool,
+    /// The timer has this task's waker since it was last set, and wakes the task when due.
+    armed: bool,
 }
 
 impl KeepAlive {
@@ -34,6 +37,7 @@ impl KeepAlive {
             next_ping,
             ping_sent: None,
             seen: false,
+            armed: false,
         }
     }
 
@@ -49,7 +53,20 @@ impl KeepAlive {
             return pending().await;
         };
         loop {
-            sleep.as_mut().await;
+            // `tick` is polled at every wake-up of the session, nearly always for traffic. A
+            // timer that has the task's waker wakes it when due, so until then polling it again
+            // (its coop budget, its waker check) is wasted: one atomic load tells whether it
+            // has fired. A session's futures all run in its one task, so the waker the timer
+            // holds stays the right one.
+            let armed = &mut self.armed;
+            poll_fn(|cx| {
+                if *armed && !sleep.is_elapsed() {
+                    return Poll::Pending;
+                }
+                *armed = true;
+                sleep.as_mut().poll(cx)
+            })
+            .await;
             let now = Instant::now();
             if let Some(sent) = self.ping_sent {
                 if now >= sent + self.timeout {
@@ -74,6 +91,7 @@ impl KeepAlive {
                 None => self.next_ping,
             };
             sleep.as_mut().reset(deadline);
+            self.armed = false;
             if due {
                 return Tick::SendPing;
             }
@@ -93,6 +111,30 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         assert_eq!(ka.tick().await, Tick::TimedOut);
         assert_eq!(start.elapsed(), Duration::from_secs(13));
+    }
+
+    /// Traffic wakes the task far more often than the timer: `tick` is dropped and made again
+    /// each time, and the timer is not polled in between, yet every ping is on time.
+    #[tokio::test(start_paused = true)]
+    async fn pings_on_time_while_traffic_wakes_the_task() {
+        let mut ka = KeepAlive::new(Duration::from_secs(10), Duration::from_secs(3));
+        let start = Instant::now();
+        let mut traffic = tokio::time::interval(Duration::from_millis(700));
+        let mut frames = 0;
+        let mut pings = Vec::new();
+        while pings.len() < 3 {
+            tokio::select! {
+                _ = traffic.tick() => {
+                    assert!(start.elapsed() < Duration::from_secs(60), "pings stopped: {pings:?}");
+                    frames += 1;
+                    ka.seen();
+                }
+                tick = ka.tick() => pings.push((tick, start.elapsed())),
+            }
+        }
+        let at = |s| (Tick::SendPing, Duration::from_secs(s));
+        assert_eq!(pings, [at(10), at(20), at(30)]);
+        assert!(frames > 40, "{frames} wake-ups by traffic");
     }
 
     #[tokio::test(start_paused = true)]
