@@ -31,6 +31,10 @@ impl std::ops::DerefMut for Child {
     }
 }
 
+/// A gateway on a port of the system's choosing with one echo route.
+const ECHO_ONLY: &str =
+    "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n";
+
 fn wsgate() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_wsgate"));
     c.env_remove("WSGATE_CONFIG").env_remove("RUST_LOG");
@@ -54,11 +58,7 @@ fn spawn_logging(config: &std::path::Path, extra_env: &[(&str, &std::ffi::OsStr)
 fn check_accepts_a_good_file_and_the_embedded_default() {
     let dir = TempDir::new("cli-good");
     let file = dir.path().join("good.yaml");
-    std::fs::write(
-        &file,
-        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
-    )
-    .unwrap();
+    std::fs::write(&file, ECHO_ONLY).unwrap();
     let out = wsgate()
         .args(["check", "--config"])
         .arg(&file)
@@ -133,18 +133,7 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
     .unwrap();
     let mut child = spawn_logging(&file, &[]);
     // The gateway logs the address it bound; read it rather than guess a port.
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("gateway exited before listening")
-            .unwrap();
-        if let Some(rest) = line.split("address=").nth(1) {
-            if line.contains("listening") {
-                break rest.split_whitespace().next().unwrap().to_string();
-            }
-        }
-    };
+    let addr = StderrLines::of(&mut child).listening();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let code = rt.block_on(async {
         let mut ws = connect(&format!("ws://{addr}/ws")).await;
@@ -156,7 +145,6 @@ fn sigterm_closes_websockets_with_1001_and_exits_0() {
         expect_close(&mut ws).await
     });
     assert_eq!(code, 1001);
-    std::thread::spawn(move || for _ in lines {});
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0));
 }
@@ -166,7 +154,7 @@ fn sighup_reloads_and_systemd_is_notified() {
     use std::os::unix::net::UnixDatagram;
     let dir = TempDir::new("cli-hup");
     let file = dir.path().join("hup.yaml");
-    let good = "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n";
+    let good = ECHO_ONLY;
     std::fs::write(&file, good).unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -359,7 +347,8 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     assert_eq!(child.wait().unwrap().code(), Some(0));
 }
 
-/// Reads `child`'s stderr on a thread; `next_matching` waits (up to `WAIT`) for a line.
+/// Reads `child`'s stderr on a thread, to its end, so the gateway never blocks on a full pipe;
+/// `next_matching` waits (up to `WAIT`) for a line.
 struct StderrLines {
     rx: std::sync::mpsc::Receiver<String>,
     seen: Vec<String>,
@@ -371,9 +360,7 @@ impl StderrLines {
         let stderr = child.stderr.take().unwrap();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         Self {
@@ -408,11 +395,7 @@ impl StderrLines {
 fn rust_log_span_directives_work_and_a_bad_rust_log_is_reported() {
     let dir = TempDir::new("cli-rust-log");
     let file = dir.path().join("log.yaml");
-    std::fs::write(
-        &file,
-        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
-    )
-    .unwrap();
+    std::fs::write(&file, ECHO_ONLY).unwrap();
 
     // Only the span directive lets a session's access line (info, target wsgate::access)
     // through: the rest of the filter is warn, and info for wsgate::server alone.

@@ -810,9 +810,8 @@ fn cidr(s: &str) -> Result<Cidr, String> {
     Ok(Cidr { network, prefix })
 }
 
-/// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
-/// never depends on resolver order (which may yield ::1 first) to decide where it listens.
-/// Checked here, at its line, so a typo in a level cannot start a gateway that logs nothing.
+/// Checked here, at its line: tracing-subscriber drops a directive it cannot parse with one
+/// unformatted line on stderr, so `wsgate=loud` used to start a gateway that logged nothing.
 fn log_filter(s: &str) -> Result<String, String> {
     tracing_subscriber::EnvFilter::builder()
         .parse(s)
@@ -822,6 +821,8 @@ fn log_filter(s: &str) -> Result<String, String> {
         })
 }
 
+/// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
+/// never depends on resolver order (which may yield ::1 first) to decide where it listens.
 fn listen_address(s: &str) -> Result<SocketAddr, String> {
     let invalid = || {
         format!("invalid listen address {s:?} (use ip:port, e.g. 127.0.0.1:8080, [::1]:8080 or localhost:8080)")
