@@ -57,13 +57,15 @@ impl KeepAlive {
             // timer that has the task's waker wakes it when due, so until then polling it again
             // (its coop budget, its waker check) is wasted: one atomic load tells whether it
             // has fired. A session's futures all run in its one task, so the waker the timer
-            // holds stays the right one.
+            // holds stays the right one. Out of the task's coop budget, a timer answers Pending
+            // without taking the waker (the budget's own yield polls it again): it is not armed
+            // then, or an idle session would wait for a wake-up that never comes.
             let armed = &mut self.armed;
             poll_fn(|cx| {
                 if *armed && !sleep.is_elapsed() {
                     return Poll::Pending;
                 }
-                *armed = true;
+                *armed = tokio::task::coop::has_budget_remaining();
                 sleep.as_mut().poll(cx)
             })
             .await;
@@ -135,6 +137,31 @@ mod tests {
         let at = |s| (Tick::SendPing, Duration::from_secs(s));
         assert_eq!(pings, [at(10), at(20), at(30)]);
         assert!(frames > 40, "{frames} wake-ups by traffic");
+    }
+
+    /// A burst of traffic can spend the task's coop budget just before `tick` polls its timer,
+    /// which then answers Pending without taking the waker. If the session goes idle right
+    /// after, only the timer can wake it: the ping must still come on time.
+    #[tokio::test(start_paused = true)]
+    async fn pings_on_time_after_a_burst_spent_the_task_budget() {
+        let mut ka = KeepAlive::new(Duration::from_secs(10), Duration::from_secs(3));
+        let start = Instant::now();
+        {
+            let mut tick = std::pin::pin!(ka.tick());
+            poll_fn(|cx| {
+                while tokio::task::coop::has_budget_remaining() {
+                    let _ = std::pin::pin!(tokio::task::consume_budget()).poll(cx);
+                }
+                assert!(tick.as_mut().poll(cx).is_pending());
+                Poll::Ready(())
+            })
+            .await;
+        }
+        let tick = tokio::time::timeout(Duration::from_secs(60), ka.tick()).await;
+        assert_eq!(
+            (tick, start.elapsed()),
+            (Ok(Tick::SendPing), Duration::from_secs(10))
+        );
     }
 
     #[tokio::test(start_paused = true)]
