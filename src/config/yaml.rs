@@ -812,13 +812,33 @@ fn cidr(s: &str) -> Result<Cidr, String> {
 
 /// Checked here, at its line: tracing-subscriber drops a directive it cannot parse with one
 /// unformatted line on stderr, so `wsgate=loud` used to start a gateway that logged nothing.
+/// It also reads a bare word as a target to log at every level, so `warning` (Python's and
+/// syslog's name) or `infoo` would log nothing either: here a directive without `=` must be a
+/// level, and a target at every level is written `wsgate=trace`.
 fn log_filter(s: &str) -> Result<String, String> {
+    let invalid = |why: String| {
+        format!("invalid log filter {s:?}: {why} (use a level such as info, or target=level pairs such as wsgate=debug,hyper=info)")
+    };
     tracing_subscriber::EnvFilter::builder()
         .parse(s)
-        .map(|_| s.to_owned())
-        .map_err(|e| {
-            format!("invalid log filter {s:?}: {e} (use a level such as info, or target=level pairs such as wsgate=debug,hyper=info)")
-        })
+        .map_err(|e| invalid(e.to_string()))?;
+    // EnvFilter has already refused commas inside a span's fields, so a plain split is exact;
+    // a level, when given, is what follows the last `=`, outside any `[...]` or `{...}`.
+    let bare = s.split(',').map(str::trim).find(|d| {
+        let level_given = d
+            .rsplit_once('=')
+            .is_some_and(|(_, level)| !level.contains([']', '}']));
+        !d.is_empty()
+            && !level_given
+            && d.parse::<tracing_subscriber::filter::LevelFilter>()
+                .is_err()
+    });
+    match bare {
+        Some(word) => Err(invalid(format!(
+            "{word:?} is not a level (off, error, warn, info, debug, trace) and has none"
+        ))),
+        None => Ok(s.to_owned()),
+    }
 }
 
 /// `localhost` is accepted because it is what people type, but bound as 127.0.0.1 so wsgate
@@ -2015,10 +2035,26 @@ routes:
         assert_err(&e, 3, 12, "log_level", "invalid log filter \"wsgate=loud\"");
         let e = err(&with_listen("log_level: \"wsgate[conn\"\n"));
         assert_err(&e, 3, 12, "log_level", "invalid log filter");
+        // tracing would take these for targets to log at every level, and log nothing else.
+        let e = err(&with_listen("log_level: warning\n"));
+        assert_err(&e, 3, 12, "log_level", "\"warning\" is not a level");
+        let e = err(&with_listen(
+            "log_level: \"info, wsgate[ws{mode=relay}]\"\n",
+        ));
+        assert_err(
+            &e,
+            3,
+            12,
+            "log_level",
+            "\"wsgate[ws{mode=relay}]\" is not a level",
+        );
         for good in [
             "debug",
+            "WARN",
             "wsgate=debug,hyper=info",
             "warn,wsgate[ws{mode=relay}]=debug",
+            "[ws]=debug",
+            "info,wsgate=trace",
         ] {
             let yaml = with_listen(&format!("log_level: \"{good}\"\n"));
             assert_eq!(load(&yaml).expect(good).log.level, good);
