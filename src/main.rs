@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -107,30 +108,29 @@ fn init_logging(config: &Config) {
         _ => config.log.level.clone(),
     };
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    // `Targets` would take a span directive (`[ws]=debug`) for an odd target name.
+    // `Targets` would take a span directive (`[ws]=debug`) for an odd target name. Exactly one
+    // of each pair below is set; a `None` layer does nothing, and costs a branch.
     let targets = match directives.contains(['[', ']', '{', '}']) {
         true => None,
         false => directives.parse::<Targets>().ok(),
     };
-    if let Some(targets) = targets {
-        let output = tracing_subscriber::fmt::layer()
+    let env_filter = targets
+        .is_none()
+        .then(|| EnvFilter::builder().parse_lossy(&directives));
+    let json = (config.log.format == LogFormat::Json).then(|| {
+        fmt::layer()
+            .json()
             .with_writer(std::io::stderr)
-            .with_ansi(ansi);
-        let logging = tracing_subscriber::registry().with(targets);
-        match config.log.format {
-            LogFormat::Json => logging.with(output.json()).init(),
-            LogFormat::Text => logging.with(output).init(),
-        }
-    } else {
-        let builder = tracing_subscriber::fmt()
-            .with_env_filter(EnvFilter::builder().parse_lossy(&directives))
-            .with_writer(std::io::stderr)
-            .with_ansi(ansi);
-        match config.log.format {
-            LogFormat::Json => builder.json().init(),
-            LogFormat::Text => builder.init(),
-        }
-    }
+            .with_ansi(ansi)
+    });
+    let text = (config.log.format == LogFormat::Text)
+        .then(|| fmt::layer().with_writer(std::io::stderr).with_ansi(ansi));
+    tracing_subscriber::registry()
+        .with(targets)
+        .with(env_filter)
+        .with(json)
+        .with(text)
+        .init();
     if let Some((env, error)) = rejected {
         tracing::warn!(
             rust_log = %env,
