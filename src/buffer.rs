@@ -156,6 +156,7 @@ pub fn poll_write_all<W: AsyncWrite + Unpin + ?Sized>(
 
 /// Polls one read of at most `limit` bytes into a lent buffer. `Ready(Ok(None))` is end of
 /// stream; on `Pending` the buffer has already gone back to the pool.
+#[inline(always)]
 pub fn poll_read_lent<R: AsyncRead + Unpin + ?Sized>(
     r: &mut R,
     cx: &mut Context<'_>,

@@ -25,8 +25,8 @@
 //! - [`metrics`]: Prometheus counters, gauges and histograms per server.
 //! - [`notify`]: systemd readiness notifications (READY, RELOADING, STOPPING).
 //! - [`page`]: the embedded sample page.
-//! - [`wake`]: futures polled only after their own wake-up (a session's shutdown token, a
-//!   relay's control queue).
+//! - [`wake`]: futures and reads polled only after their own wake-up (a session's shutdown
+//!   token, a relay's control queue, the socket of a relay or tunnel that did not wake it).
 
 #![forbid(unsafe_code)]
 

@@ -27,6 +27,7 @@ use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
+use crate::wake::Gate;
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
 
@@ -291,6 +292,9 @@ struct Direction {
     ending: Option<PipeEnd>,
     /// Bytes written on.
     bytes: u64,
+    /// The tunnel's task polls both directions whichever socket woke it: the read of the one
+    /// that was not woken is skipped (see [`crate::wake`]).
+    reads: Gate,
 }
 
 impl Direction {
@@ -324,7 +328,7 @@ impl Direction {
                     return Poll::Pending;
                 }
             }
-            match poll_read_lent(r, cx, COPY_CHUNK) {
+            match self.reads.poll(cx, |cx| poll_read_lent(r, cx, COPY_CHUNK)) {
                 Poll::Pending => {
                     if self.unflushed {
                         match Pin::new(&mut *w).poll_flush(cx) {

@@ -24,11 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use super::frames::InFrame;
 use super::stream;
 use crate::buffer::{poll_read_lent, poll_write_all, Filled, Lent, BUFFER_SIZE};
+use crate::wake::{Admit, Direct, Gate};
 
 /// Wraps a leg's read half: reads at most `receive_buffer_size` (ASP.NET Core's
 /// ReceiveBufferSize) while waiting for a message, serves those bytes to the next reader, and
 /// counts what it delivers.
-pub struct LegRead<R> {
+pub struct LegRead<R, G = Direct> {
     inner: R,
     cap: usize,
     /// Bytes read while parked, not yet handed to a reader.
@@ -39,16 +40,34 @@ pub struct LegRead<R> {
     /// Bytes handed to fastwebsockets so far, shared with the session, which must read it while
     /// fastwebsockets' reader holds this wrapper.
     delivered: Arc<AtomicU64>,
+    /// Every read of `inner` goes through it (see [`LegRead::gated`]).
+    reads: G,
 }
 
 impl<R> LegRead<R> {
     pub fn new(inner: R, cap: usize) -> Self {
+        Self::with(inner, cap)
+    }
+}
+
+impl<R> LegRead<R, Gate> {
+    /// For a leg whose task reads another socket too (a relay's two legs): woken by that one,
+    /// it skips the read of this one rather than polling it only to find nothing (see
+    /// [`crate::wake`]).
+    pub fn gated(inner: R, cap: usize) -> Self {
+        Self::with(inner, cap)
+    }
+}
+
+impl<R, G: Admit> LegRead<R, G> {
+    fn with(inner: R, cap: usize) -> Self {
         Self {
             inner,
             cap: cap.max(1),
             parked: None,
             cut: None,
             delivered: Arc::new(AtomicU64::new(0)),
+            reads: G::default(),
         }
     }
 
@@ -69,7 +88,7 @@ impl<R> LegRead<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> LegRead<R> {
+impl<R: AsyncRead + Unpin, G: Admit> LegRead<R, G> {
     /// Waits until bytes can be read, holding a buffer only once they are there. `Ok(false)` is
     /// end of stream. Cancel-safe: bytes read are kept for the next reader before this returns.
     pub async fn wait_for_data(&mut self) -> io::Result<bool> {
@@ -84,7 +103,8 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
                 return Poll::Ready(Ok(true));
             }
             let limit = limit.clamp(1, BUFFER_SIZE);
-            match ready!(poll_read_lent(&mut self.inner, cx, limit))? {
+            let inner = &mut self.inner;
+            match ready!(self.reads.poll(cx, |cx| poll_read_lent(inner, cx, limit)))? {
                 Some(filled) => {
                     self.parked = Some(filled);
                     // A cut belongs to the buffer it was found in.
@@ -98,7 +118,7 @@ impl<R: AsyncRead + Unpin> LegRead<R> {
     }
 }
 
-impl<R> LegRead<R> {
+impl<R, G> LegRead<R, G> {
     /// The bytes read while parked and not yet taken, where a streamed frame is read and
     /// rewritten in place (see [`super::stream`]). Taking them with [`Self::consume`] instead
     /// of through a reader leaves the count of delivered bytes alone, as it should: none of
@@ -118,7 +138,7 @@ impl<R> LegRead<R> {
     }
 }
 
-impl<R: AsyncRead + Unpin> AsyncRead for LegRead<R> {
+impl<R: AsyncRead + Unpin, G: Admit + Unpin> AsyncRead for LegRead<R, G> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -143,7 +163,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for LegRead<R> {
             // over it (zeroing a capped sub-buffer, or a copy from a smaller one) and more
             // syscalls, and save nothing. The cap bounds the parked read, where a message
             // starts (`wait_for_data`).
-            ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
+            let inner = &mut this.inner;
+            ready!(this.reads.poll(cx, |cx| Pin::new(inner).poll_read(cx, buf)))?;
         }
         // One writer (this task): a plain load and store, no locked add, on the read path.
         let n = (buf.filled().len() - before) as u64;
@@ -476,6 +497,43 @@ mod tests {
         let mut leg = LegRead::new(ours, 4096);
         let parks = read_all(&mut leg, |_| {}).await;
         assert!(parks < LENS.len(), "a reader holding frames was dropped");
+    }
+
+    /// A leg's reads go through its gate (see [`crate::wake`]). When tokio refuses a read
+    /// because the task spent its budget, it wakes the gate's waker, and the next poll reads.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_read_refused_for_the_tasks_budget_is_polled_again() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (peer, ours) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
+        let (mut peer, (ours, _)) = (peer.unwrap(), ours.unwrap());
+        let mut leg = LegRead::new(ours, 4096);
+        peer.write_all(b"one").await.unwrap();
+        let (mut seen, mut refused) = (Vec::new(), 0);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+            while seen.len() < 6 {
+                // Spend the budget, so the read is refused and must come back through the gate.
+                while tokio::task::coop::has_budget_remaining() {
+                    tokio::task::consume_budget().await;
+                }
+                let mut buf = [0u8; 16];
+                let mut read = std::pin::pin!(leg.read(&mut buf));
+                let n = std::future::poll_fn(|cx| {
+                    let polled = read.as_mut().poll(cx);
+                    refused += usize::from(polled.is_pending());
+                    polled
+                })
+                .await
+                .unwrap();
+                seen.extend_from_slice(&buf[..n]);
+                if seen == b"one" {
+                    peer.write_all(b"two").await.unwrap();
+                }
+            }
+        });
+        read.await.expect("a refused read was never polled again");
+        assert_eq!(seen, b"onetwo");
+        assert!(refused >= 2, "each read was refused once: {refused}");
     }
 
     #[tokio::test]

@@ -47,7 +47,7 @@ use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
-use crate::wake::Filtered;
+use crate::wake::{Filtered, Gate};
 
 /// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
 /// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
@@ -227,8 +227,8 @@ pub async fn run(
     let (r_c, w_c) = client.split();
     let (r_u, w_u) = upstream.split();
     let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
-    let mut raw_c = LegRead::new(r_c, opts.receive_buffer_size);
-    let mut raw_u = LegRead::new(r_u, opts.receive_buffer_size);
+    let mut raw_c = LegRead::gated(r_c, opts.receive_buffer_size);
+    let mut raw_u = LegRead::gated(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.
     let ctl_c = ControlQueue::new();
     let ctl_u = ControlQueue::new();
@@ -401,7 +401,7 @@ struct Traffic {
 /// idle sessions from 7.80 to 7.53 KiB each. So is the reader the burst walk falls back to
 /// (288 bytes in place): entered once per run of frames the walk leaves, not per message.
 struct Pump<'a, R, W> {
-    reader: &'a mut LegRead<R>,
+    reader: &'a mut LegRead<R, Gate>,
     writer: &'a mut LegWrite<W>,
     /// Control frames and the final instruction for `writer`, from the other pump.
     ctl_in: &'a ControlQueue,
@@ -697,7 +697,7 @@ impl PumpCtx<'_> {
     async fn stream_frame<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
         head: Head,
-        reader: &mut LegRead<R>,
+        reader: &mut LegRead<R, Gate>,
         wr: &mut FrameWriter<'_, W>,
         keepalive: &mut KeepAlive,
         traffic: &mut Traffic,
@@ -770,7 +770,7 @@ impl PumpCtx<'_> {
     /// frames before a violation have gone on.
     async fn forward_parked<R: AsyncRead + Unpin, W: AsyncWrite + Unpin>(
         &self,
-        reader: &mut LegRead<R>,
+        reader: &mut LegRead<R, Gate>,
         wr: &mut FrameWriter<'_, W>,
         validator: &mut FrameValidator,
         traffic: &mut Traffic,
@@ -888,7 +888,7 @@ mod tests {
         rt.block_on(app.write_all(&wire)).unwrap();
 
         let opts = WsOptions::default();
-        let mut reader = LegRead::new(leg, opts.receive_buffer_size);
+        let mut reader = LegRead::gated(leg, opts.receive_buffer_size);
         assert!(rt.block_on(reader.wait_for_data()).unwrap());
         let head = Head::streamable(reader.parked_mut().unwrap()).expect("a streamable header");
         let mut writer = LegWrite::new(to_client);

@@ -6,6 +6,7 @@
 #   tests/bench/callgrind.sh MODE SIZE [WSGATE_BINARY]
 #   tests/bench/callgrind.sh relay 20                 # target/release/wsgate, 20 B messages
 #   KEEP=1 tests/bench/callgrind.sh relay 1KiB old/wsgate   # keeps callgrind's output
+#   TARGET_CPU=0 tests/bench/callgrind.sh passthrough 20     # wsgate on CPU 0, as in the bench
 #
 # MODE is echo, relay or passthrough; the load is `wsgate-bench load` with CONNS (100)
 # connections, IN_FLIGHT (8) messages in flight each, for DURATION (3s). Counting starts after
@@ -30,6 +31,11 @@ command -v valgrind >/dev/null || { echo "valgrind is not installed" >&2; exit 1
     echo "build first: cargo build --release -p wsgate -p wsgate-bench" >&2
     exit 1
 }
+
+# TARGET_CPU pins wsgate to that CPU, as tests/bench/run.sh does, so that it runs tokio's
+# current-thread runtime (src/main.rs picks it for one CPU) rather than the multi-thread one.
+PIN=()
+[[ -z ${TARGET_CPU:-} ]] || PIN=(taskset -c "$TARGET_CPU")
 
 WORK=$(mktemp -d /tmp/wsgate-callgrind.XXXXXX)
 PIDS=()
@@ -71,7 +77,7 @@ UPSTREAM=$(wait_for "$WORK/backend.out" '^127\.0\.0\.1:[0-9]+$' "$BACKEND") || {
     [[ $MODE == echo ]] || echo "    upstreams: [http://$UPSTREAM]"
 } >"$WORK/wsgate.yaml"
 
-valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
+"${PIN[@]}" valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.out" \
     "$WSGATE" --config "$WORK/wsgate.yaml" >"$WORK/wsgate.out" 2>"$WORK/wsgate.err" &
 GW=$!
 PIDS+=("$GW")
