@@ -507,7 +507,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (peer, ours) = tokio::join!(tokio::net::TcpStream::connect(addr), listener.accept());
         let (mut peer, (ours, _)) = (peer.unwrap(), ours.unwrap());
-        let mut leg = LegRead::new(ours, 4096);
+        let mut leg = LegRead::gated(ours, 4096);
         peer.write_all(b"one").await.unwrap();
         let (mut seen, mut refused) = (Vec::new(), 0);
         let read = tokio::time::timeout(std::time::Duration::from_secs(10), async {
