@@ -317,47 +317,33 @@ mod tests {
         let mut src = Source::default();
         let (count, task) = counter();
         let mut cx = Context::from_waker(&task);
+        // One poll of the gate; `Ready(n)` or `Pending` is what the source answers if polled.
+        let mut poll = |src: &mut Source, out: Poll<u8>, wake_now: bool| {
+            gate.poll(&mut cx, |cx| src.poll(cx, out, wake_now))
+        };
 
         // Ready: the next poll goes through, as a source may have more (a TLS stream's
         // decrypted bytes) without its waker ever firing.
-        assert_eq!(
-            gate.poll(&mut cx, |cx| src.poll(cx, Poll::Ready(1), false)),
-            Poll::Ready(1)
-        );
-        assert_eq!(
-            gate.poll(&mut cx, |cx| src.poll(cx, Poll::Pending, false)),
-            Poll::Pending
-        );
+        assert_eq!(poll(&mut src, Poll::Ready(1), false), Poll::Ready(1));
+        assert_eq!(poll(&mut src, Poll::Pending, false), Poll::Pending);
         assert_eq!(src.polls, 2);
         for _ in 0..5 {
-            assert!(gate
-                .poll(&mut cx, |cx| src.poll(cx, Poll::Ready(9), false))
-                .is_pending());
+            assert_eq!(poll(&mut src, Poll::Ready(9), false), Poll::Pending);
         }
         assert_eq!(src.polls, 2, "waiting and not woken: not polled");
 
         src.waker.take().unwrap().wake();
         assert_eq!(count.get(), 1, "the source's wake-up wakes the task");
-        assert_eq!(
-            gate.poll(&mut cx, |cx| src.poll(cx, Poll::Ready(2), false)),
-            Poll::Ready(2)
-        );
+        assert_eq!(poll(&mut src, Poll::Ready(2), false), Poll::Ready(2));
         assert_eq!(src.polls, 3);
 
         // A wake-up from inside the poll that returned Pending is not lost.
-        assert!(gate
-            .poll(&mut cx, |cx| src.poll(cx, Poll::Pending, true))
-            .is_pending());
-        assert_eq!(
-            gate.poll(&mut cx, |cx| src.poll(cx, Poll::Ready(3), false)),
-            Poll::Ready(3)
-        );
+        assert_eq!(poll(&mut src, Poll::Pending, true), Poll::Pending);
+        assert_eq!(poll(&mut src, Poll::Ready(3), false), Poll::Ready(3));
         assert_eq!(src.polls, 5);
 
         // Opened, it lets the next poll through unwoken.
-        assert!(gate
-            .poll(&mut cx, |cx| src.poll(cx, Poll::Pending, false))
-            .is_pending());
+        assert_eq!(poll(&mut src, Poll::Pending, false), Poll::Pending);
         gate.open();
         assert!(gate
             .poll(&mut cx, |cx| src.poll(cx, Poll::Pending, false))
