@@ -30,10 +30,9 @@ use std::task::{Context, Poll, Wake, Waker};
 /// after a `Ready`, one after the source's waker fired, and one when the task's waker changed.
 #[derive(Default)]
 pub struct Gate {
-    /// Made at the first poll, for the task polling; made anew if another task ever polls.
-    flag: Option<Arc<Flag>>,
-    /// `flag` as a waker, made once rather than at every poll.
-    waker: Option<Waker>,
+    /// Made at the first poll, for the task polling; made anew if another task ever polls. With
+    /// it, the flag as a waker, made once rather than at every poll.
+    flag: Option<(Arc<Flag>, Waker)>,
 }
 
 struct Flag {
@@ -57,45 +56,20 @@ impl Wake for Flag {
 }
 
 impl Gate {
-    /// Calls `poll` with the gate's waker, or returns `Pending` without calling it if the last
-    /// call returned `Pending` and nothing woke the gate since.
-    #[inline]
-    pub fn poll<T>(
-        &mut self,
-        cx: &mut Context<'_>,
-        poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
-    ) -> Poll<T> {
-        let (flag, waker) = match (&self.flag, &self.waker) {
-            (Some(flag), Some(waker)) if flag.task.will_wake(cx.waker()) => {
-                // Cleared before `poll` runs, so a wake-up during it is not lost.
-                let woken = flag.woken.swap(false, Ordering::AcqRel);
-                if !woken && flag.waiting.load(Ordering::Relaxed) {
-                    return Poll::Pending;
-                }
-                (flag, waker)
-            }
-            // A source woken through an earlier flag is polled now, with the new one's waker.
-            _ => self.new_flag(cx.waker()),
-        };
-        let out = poll(&mut Context::from_waker(waker));
-        flag.waiting.store(out.is_pending(), Ordering::Relaxed);
-        out
-    }
-
     #[cold]
-    fn new_flag(&mut self, task: &Waker) -> (&Arc<Flag>, &Waker) {
+    fn new_flag(&mut self, task: &Waker) -> &(Arc<Flag>, Waker) {
         let flag = Arc::new(Flag {
             woken: AtomicBool::new(false),
             waiting: AtomicBool::new(false),
             task: task.clone(),
         });
-        let waker = self.waker.insert(Waker::from(flag.clone()));
-        (self.flag.insert(flag), waker)
+        let waker = Waker::from(flag.clone());
+        self.flag.insert((flag, waker))
     }
 
     /// Lets the next poll through, whatever woke the task: what it polls has changed.
     pub fn open(&mut self) {
-        if let Some(flag) = &self.flag {
+        if let Some((flag, _)) = &self.flag {
             flag.waiting.store(false, Ordering::Relaxed);
         }
     }
@@ -103,6 +77,7 @@ impl Gate {
 
 /// How the polls of a source are let through: by a [`Gate`], or all of them ([`Direct`]).
 pub trait Admit: Default {
+    /// Calls `poll`, or returns `Pending` without calling it if it cannot have anything new.
     fn poll<T>(
         &mut self,
         cx: &mut Context<'_>,
@@ -111,13 +86,29 @@ pub trait Admit: Default {
 }
 
 impl Admit for Gate {
+    /// Calls `poll` with the gate's waker, or returns `Pending` without calling it if the last
+    /// call returned `Pending` and nothing woke the gate since.
     #[inline]
     fn poll<T>(
         &mut self,
         cx: &mut Context<'_>,
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
-        Gate::poll(self, cx, poll)
+        let (flag, waker) = match &self.flag {
+            Some(made) if made.0.task.will_wake(cx.waker()) => {
+                // Cleared before `poll` runs, so a wake-up during it is not lost.
+                let woken = made.0.woken.swap(false, Ordering::AcqRel);
+                if !woken && made.0.waiting.load(Ordering::Relaxed) {
+                    return Poll::Pending;
+                }
+                made
+            }
+            // A source woken through an earlier flag is polled now, with the new one's waker.
+            _ => self.new_flag(cx.waker()),
+        };
+        let out = poll(&mut Context::from_waker(waker));
+        flag.waiting.store(out.is_pending(), Ordering::Relaxed);
+        out
     }
 }
 

@@ -27,7 +27,7 @@ use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
 use crate::upstream::sticky_cookie;
-use crate::wake::Gate;
+use crate::wake::{Admit, Gate};
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
 
