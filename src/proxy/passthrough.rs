@@ -218,7 +218,10 @@ where
 {
     let mut up = Direction::default(); // client to upstream
     let mut down = Direction::default(); // upstream to client
+
+    // Biased: polled on every wake-up, where a random start costs a draw of tokio's RNG.
     let first = tokio::select! {
+        biased;
         _ = &mut *closing => None,
         r = std::future::poll_fn(|cx| {
             if let Poll::Ready(end) = up.poll(cx, &mut client, &mut upstream) {
@@ -247,10 +250,12 @@ where
             });
             // Boxed: a timer only ending tunnels need should not sit in every idle one.
             let deadline = Box::pin(tokio::time::sleep(linger));
+            // Biased, as the first one.
             tokio::select! {
+                biased;
                 _ = &mut *closing => {}
-                _ = deadline => {}
                 _ = rest => {}
+                _ = deadline => {}
             }
             verdict
         }

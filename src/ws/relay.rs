@@ -203,9 +203,12 @@ pub async fn handle(
                     close_now.raise().await;
                     std::future::pending::<()>().await;
                 };
+                // Biased: polled on every wake-up, and a random start would cost a draw of
+                // tokio's RNG each time. The closer goes first so that `run` sees its flag.
                 let end = tokio::select! {
-                    end = run(&mut client, &mut upstream, opts, &close_now) => end,
+                    biased;
                     _ = closer => unreachable!("the closer never finishes"),
+                    end = run(&mut client, &mut upstream, opts, &close_now) => end,
                 };
                 // The lease counts this session for least_connections until here.
                 drop(lease);
@@ -277,12 +280,15 @@ pub async fn run(
     };
     let deadline = async {
         tokio::select! {
+            biased;
             _ = stopped.raised() => {}
             _ = closing.raised() => {}
         }
         tokio::time::sleep(opts.close_timeout).await;
     };
+    // Biased, as the closer's (see `handle`): both are polled on every wake-up.
     tokio::select! {
+        biased;
         _ = session => {}
         _ = deadline => debug!("close handshake did not finish within close_timeout"),
     }
