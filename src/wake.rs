@@ -95,10 +95,10 @@ impl Admit for Gate {
         poll: impl FnOnce(&mut Context<'_>) -> Poll<T>,
     ) -> Poll<T> {
         let (flag, waker) = match &self.flag {
-            Some(made) if made.0.task.will_wake(cx.waker()) => {
+            Some(made @ (flag, _)) if flag.task.will_wake(cx.waker()) => {
                 // Cleared before `poll` runs, so a wake-up during it is not lost.
-                let woken = made.0.woken.swap(false, Ordering::AcqRel);
-                if !woken && made.0.waiting.load(Ordering::Relaxed) {
+                let woken = flag.woken.swap(false, Ordering::AcqRel);
+                if !woken && flag.waiting.load(Ordering::Relaxed) {
                     return Poll::Pending;
                 }
                 made
