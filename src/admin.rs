@@ -14,6 +14,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::error::Error;
@@ -28,14 +29,26 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
         .map_err(|source| Error::Bind { addr, source })
 }
 
-/// Serves until the process exits: the admin side outlives the drain on purpose.
-pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown) {
-    if let Ok(addr) = listener.local_addr() {
-        info!(address = %addr, "admin listening");
+/// Serves until `stop` (a reload that moves or removes the admin listener), else until the
+/// process exits: the admin side outlives the drain on purpose. `started` is the process's
+/// start, so a moved listener keeps reporting the same uptime.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<State>,
+    shutdown: Shutdown,
+    started: Instant,
+    stop: CancellationToken,
+) {
+    let address = listener.local_addr().ok();
+    if let Some(address) = address {
+        info!(%address, "admin listening");
     }
-    let started = Instant::now();
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else {
             continue;
         };
         let state = state.clone();
@@ -51,6 +64,9 @@ pub async fn serve(listener: TcpListener, state: Arc<State>, shutdown: Shutdown)
                 debug!(error = %e, "admin connection ended with an error");
             }
         });
+    }
+    if let Some(address) = address {
+        info!(%address, "admin listener removed");
     }
 }
 

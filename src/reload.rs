@@ -25,7 +25,17 @@ const POLL: Duration = Duration::from_millis(500);
 pub async fn reload_from(path: &Path, reloader: &Reloader) {
     let _ = notify::notify(&notify::reloading_message());
     let owned = path.to_owned();
-    match tokio::task::spawn_blocking(move || config::load_file(&owned)).await {
+    let loaded = tokio::task::spawn_blocking(move || {
+        // Read just before the load, so a change made after it is still seen by the watcher.
+        let seen = fingerprint(&owned);
+        (seen, config::load_file(&owned))
+    })
+    .await
+    .map(|(seen, loaded)| {
+        reloader.loading(seen);
+        loaded
+    });
+    match loaded {
         Ok(Ok(config)) => {
             // The server logs and counts both outcomes of the swap itself.
             let _ = reloader.reload(config).await;
@@ -40,23 +50,24 @@ pub async fn reload_from(path: &Path, reloader: &Reloader) {
 /// when the task first runs, so a change made right after is not missed). Runs until dropped.
 /// The first read happens in the call, on the caller's thread: it runs at startup, right after
 /// the same file was read to start the server.
+///
+/// Contents a SIGHUP has loaded in the meantime count as seen (see [`Reloader::loading`]).
 pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future<Output = ()> {
-    let last = fingerprint(&path);
-    watch_from(path, reloader, last)
+    reloader.loading(fingerprint(&path));
+    watch_from(path, reloader)
 }
 
-async fn watch_from(path: PathBuf, reloader: Reloader, mut last: Option<u64>) {
+async fn watch_from(path: PathBuf, reloader: Reloader) {
     loop {
         tokio::time::sleep(POLL).await;
         let seen = fingerprint_off_worker(&path).await;
-        if seen == last {
+        if seen == reloader.last_loaded() {
             continue;
         }
         tokio::time::sleep(POLL).await;
-        if fingerprint_off_worker(&path).await != seen {
-            continue; // still being written; look again next round
+        if fingerprint_off_worker(&path).await != seen || seen == reloader.last_loaded() {
+            continue; // still being written, or loaded by a SIGHUP meanwhile
         }
-        last = seen;
         info!(file = %path.display(), "configuration file changed");
         reload_from(&path, &reloader).await;
     }

@@ -87,6 +87,17 @@ impl Snapshot {
         })
     }
 
+    /// A route that a reload leaves unchanged keeps its drain token, so the WebSockets it
+    /// accepted under every earlier snapshot are found when a later reload removes or changes
+    /// it: a fresh token per snapshot would reach only those accepted since the last reload.
+    fn inherit_route_tokens(&mut self, old: &Snapshot) {
+        for (index, route) in self.config.routes.iter().enumerate() {
+            if let Some(at) = old.config.routes.iter().position(|r| same_route(r, route)) {
+                self.route_closing[index] = old.route_closing[at].clone();
+            }
+        }
+    }
+
     /// Route `index`'s upstreams; only called for routes that have some.
     pub fn upstreams(&self, index: usize) -> Option<&Arc<RouteUpstreams>> {
         self.upstreams.get(index).and_then(Option::as_ref)
@@ -126,6 +137,10 @@ type ReloadRequest = (Config, oneshot::Sender<Result<u64, Error>>);
 pub struct Reloader {
     tx: mpsc::Sender<ReloadRequest>,
     state: Arc<State>,
+    /// A fingerprint of the config file's contents as last loaded, by whichever trigger: the
+    /// file watcher skips contents a SIGHUP has already loaded, so `edit; systemctl reload`
+    /// is one reload, not two.
+    loaded: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl Reloader {
@@ -139,6 +154,16 @@ impl Reloader {
         answer
             .await
             .map_err(|_| Error::Internal("the server stopped during the reload".into()))?
+    }
+
+    /// Notes the contents (by fingerprint) of the file a reload is about to load.
+    pub fn loading(&self, fingerprint: Option<u64>) {
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = fingerprint;
+    }
+
+    /// The fingerprint of the file contents last loaded.
+    pub fn last_loaded(&self) -> Option<u64> {
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Records a reload that failed before it reached the server (a file that did not parse).
@@ -155,6 +180,7 @@ pub struct Server {
     shutdown: Shutdown,
     reload_tx: mpsc::Sender<ReloadRequest>,
     reload_rx: mpsc::Receiver<ReloadRequest>,
+    loaded: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl Server {
@@ -185,6 +211,7 @@ impl Server {
             shutdown,
             reload_tx,
             reload_rx,
+            loaded: Arc::default(),
         })
     }
 
@@ -209,6 +236,7 @@ impl Server {
         Reloader {
             tx: self.reload_tx.clone(),
             state: self.state.clone(),
+            loaded: self.loaded.clone(),
         }
     }
 
@@ -223,11 +251,9 @@ impl Server {
             shutdown,
             reload_tx,
             mut reload_rx,
+            loaded: _,
         } = self;
         drop(reload_tx);
-        if let Some(listener) = admin {
-            tokio::spawn(admin::serve(listener, state.clone(), shutdown.clone()));
-        }
         let graceful = Arc::new(GracefulShutdown::new());
         let mut running = Running {
             state: state.clone(),
@@ -235,8 +261,13 @@ impl Server {
             graceful: graceful.clone(),
             accepting: HashMap::new(),
             health: shutdown.accepting_stopped().child_token(),
+            admin: None,
+            started: std::time::Instant::now(),
         };
         let snapshot = state.current();
+        if let (Some(configured), Some(listener)) = (snapshot.config.admin, admin) {
+            running.start_admin(configured, listener);
+        }
         for (bound, key) in listeners.into_iter().zip(snapshot.config.listener_keys()) {
             running.start_listener(key, bound);
         }
@@ -311,6 +342,10 @@ struct Running {
     accepting: HashMap<ListenerKey, (CancellationToken, JoinHandle<()>)>,
     /// Stops the current snapshot's health checkers.
     health: CancellationToken,
+    /// The admin listener's configured address, and the token that stops its accept loop.
+    admin: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
+    /// When the process started serving, for the admin side's uptime.
+    started: std::time::Instant,
 }
 
 impl Running {
@@ -335,6 +370,18 @@ impl Running {
             .insert(configured, (stop, tokio::spawn(task)));
     }
 
+    fn start_admin(&mut self, configured: SocketAddr, listener: TcpListener) {
+        let stop = CancellationToken::new();
+        let task = admin::serve(
+            listener,
+            self.state.clone(),
+            self.shutdown.clone(),
+            self.started,
+            stop.clone(),
+        );
+        self.admin = Some((configured, stop, tokio::spawn(task)));
+    }
+
     /// Validates and swaps in `config`. Nothing changes unless every step that can fail
     /// (certificates, CA files, binding new addresses) has succeeded.
     async fn reload(&mut self, config: Config) -> Result<u64, Error> {
@@ -342,9 +389,10 @@ impl Running {
         // blocking pool: a slow or hung filesystem must not stall the connections that share this
         // worker while the old snapshot keeps serving them.
         let closing = self.shutdown.sockets_closing().clone();
-        let snapshot = tokio::task::spawn_blocking(move || Snapshot::new(config, &closing))
+        let mut snapshot = tokio::task::spawn_blocking(move || Snapshot::new(config, &closing))
             .await
             .map_err(|e| Error::Internal(format!("building the new snapshot failed: {e}")))??;
+        snapshot.inherit_route_tokens(&self.state.current());
         let snapshot = Arc::new(snapshot);
         let mut added = Vec::new();
         let keys = snapshot.config.listener_keys();
@@ -353,6 +401,12 @@ impl Running {
                 added.push((*key, listener::bind(l).await?));
             }
         }
+        // A moved admin listener is bound before anything changes, like a new public one.
+        let admin_moved = snapshot.config.admin != self.admin.as_ref().map(|a| a.0);
+        let new_admin = match snapshot.config.admin {
+            Some(addr) if admin_moved => Some((addr, admin::bind(addr).await?)),
+            _ => None,
+        };
         let old = self.state.current.swap(snapshot.clone());
         let generation = self.state.generation.fetch_add(1, Ordering::Relaxed) + 1;
 
@@ -371,6 +425,16 @@ impl Running {
                 stop.cancel();
                 let _ = task.await;
                 info!(address = %key.address, "listener removed");
+            }
+        }
+
+        if admin_moved {
+            if let Some((_, stop, task)) = self.admin.take() {
+                stop.cancel();
+                let _ = task.await;
+            }
+            if let Some((configured, listener)) = new_admin {
+                self.start_admin(configured, listener);
             }
         }
 
@@ -396,10 +460,13 @@ impl Running {
 
 /// Whether a route of the old config is in the new one unchanged (its line may have moved).
 fn still_served(route: &Route, routes: &[Route]) -> bool {
-    routes.iter().any(|r| {
-        Route {
-            line: route.line,
-            ..r.clone()
-        } == *route
-    })
+    routes.iter().any(|r| same_route(r, route))
+}
+
+/// The same route in two configs: equal in everything but the line it is written on.
+fn same_route(a: &Route, b: &Route) -> bool {
+    Route {
+        line: b.line,
+        ..a.clone()
+    } == *b
 }

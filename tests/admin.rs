@@ -110,3 +110,41 @@ async fn metrics_and_status_match_the_traffic() {
     assert!(page.contains("wsgate status") && page.contains("/status"));
     gw.stop().await;
 }
+
+/// A reload that moves the admin listener binds the new address and closes the old one; one
+/// that removes it closes it.
+#[tokio::test]
+async fn a_reload_moves_and_removes_the_admin_listener() {
+    let with_admin = |address: &str| {
+        format!(
+            "listen:\n{}admin:\n  address: {address}\nroutes:\n  - path: /ws\n    websocket: echo\n",
+            plain_listener()
+        )
+    };
+    let gw = Gateway::start(&with_admin("127.0.0.1:0")).await;
+    let first = gw.admin.expect("admin listener bound");
+    assert_eq!(get(first, "/status").await.0, 200);
+
+    // A port the OS has just handed out and taken back: free, and not a fixed number.
+    let moved = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let load = |text: String| {
+        wsgate::config::load_str(&text, "t.yaml", std::path::Path::new(".")).unwrap()
+    };
+    gw.reloader
+        .reload(load(with_admin(&moved.to_string())))
+        .await
+        .unwrap();
+    assert_eq!(get(moved, "/status").await.0, 200);
+    assert!(tokio::net::TcpStream::connect(first).await.is_err());
+
+    let without = format!(
+        "listen:\n{}routes:\n  - path: /ws\n    websocket: echo\n",
+        plain_listener()
+    );
+    gw.reloader.reload(load(without)).await.unwrap();
+    assert!(tokio::net::TcpStream::connect(moved).await.is_err());
+    gw.stop().await;
+}

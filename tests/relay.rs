@@ -425,6 +425,37 @@ async fn a_peer_gone_in_the_middle_of_a_streamed_frame_leaves_the_other_leg_with
     gw2.stop().await;
 }
 
+/// A Close passed on and never answered by the other party is answered by wsgate itself once
+/// `close_timeout` has passed, with the initiator's own code (RFC 6455 5.5.1), and then both
+/// connections end.
+#[tokio::test]
+async fn an_unanswered_close_is_answered_after_close_timeout() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "", "    close_timeout: 300ms\n")).await;
+
+    // The client closes; the app reads the Close and never answers.
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    let close = frame(true, 8, MASK, &[0x0f, 0xa0, b'b', b'y', b'e']);
+    c.write_all(&close).await.unwrap();
+    let (_, op, _, payload) = read_app_frame(&mut up).await;
+    assert_eq!((op, &payload[..2]), (8, &[0x0f, 0xa0][..]));
+    assert_eq!(read_close_code(&mut c).await, 4000);
+    assert_eq!(read_to_eof(&mut c).await, b"");
+    assert_eq!(read_to_eof(&mut up).await, b"");
+
+    // The app closes; the client reads the Close and never answers.
+    let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+    up.write_all(&frame(true, 8, None, &[0x0f, 0xa1]))
+        .await
+        .unwrap();
+    assert_eq!(read_close_code(&mut c).await, 4001);
+    let (_, op, masked, payload) = read_app_frame(&mut up).await;
+    assert_eq!((op, masked, &payload[..2]), (8, true, &[0x0f, 0xa1][..]));
+    assert_eq!(read_to_eof(&mut up).await, b"");
+    assert_eq!(read_to_eof(&mut c).await, b"");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn subprotocol_is_the_apps_choice_among_the_offered() {
     let mut app = spawn_ws_app(Some("chat.v2")).await;

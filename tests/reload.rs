@@ -126,6 +126,28 @@ async fn drained_route_closes_with_1001_and_kept_route_stays() {
     gw2.stop().await;
 }
 
+/// A WebSocket accepted two reloads ago is drained too: its route's token survives the reload
+/// that left the route alone.
+#[tokio::test]
+async fn a_drain_reaches_sockets_accepted_before_earlier_reloads() {
+    let top = "on_route_change: drain\n";
+    let other = "  - path: /other\n    websocket: echo\n";
+    let gw = Gateway::start(&yaml(other, top)).await;
+    let mut first = connect(&gw.ws_url("/ws")).await;
+    let load = |text: String| {
+        wsgate::config::load_str(&text, "t.yaml", std::path::Path::new(".")).unwrap()
+    };
+    // Generation 2 drops /other and keeps /ws as it was.
+    gw.reloader.reload(load(yaml("", top))).await.unwrap();
+    let mut second = connect(&gw.ws_url("/ws")).await;
+    // Generation 3 changes /ws (a new close_timeout): both sockets on it are drained.
+    let changed = yaml("", top).replace("close_timeout: 300ms", "close_timeout: 400ms");
+    gw.reloader.reload(load(changed)).await.unwrap();
+    assert_eq!(expect_close(&mut second).await, 1001);
+    assert_eq!(expect_close(&mut first).await, 1001);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_new_certificate_is_used_by_new_handshakes() {
     let pki = TestPki::new();

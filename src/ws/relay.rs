@@ -49,6 +49,9 @@ use crate::upstream::handshake::open_websocket;
 use crate::upstream::sticky_cookie;
 use crate::wake::{Filtered, Gate};
 
+/// How long, past `close_timeout`, the Close that answers an unanswered one may take to write.
+const CLOSE_ANSWER_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Control frames waiting for the other pump. Past this the OLDEST waiting frame is dropped:
 /// RFC 6455 allows answering only the most recent Ping, never skipping it, and a peer flooding
 /// Pings must not make the queue (or a pump waiting on it) grow without bound.
@@ -287,10 +290,32 @@ pub async fn run(
         tokio::time::sleep(opts.close_timeout).await;
     };
     // Biased, as the closer's (see `handle`): both are polled on every wake-up.
-    tokio::select! {
-        biased;
-        _ = session => {}
-        _ = deadline => debug!("close handshake did not finish within close_timeout"),
+    {
+        let mut session = pin!(session);
+        tokio::select! {
+            biased;
+            _ = session.as_mut() => {}
+            _ = deadline => {
+                debug!("close handshake did not finish within close_timeout");
+                // A party whose Close was passed on and never answered by the other still gets
+                // its answer (RFC 6455 5.5.1), from us, before both connections are dropped. The
+                // pump owning its writer takes it between frames, never inside a streamed one.
+                let answer = match ending.get() {
+                    Some(Ending { code, closed_by: ClosedBy::Client, .. }) => {
+                        Some((&ctl_c, *code, "upstream did not answer the close"))
+                    }
+                    Some(Ending { code, closed_by: ClosedBy::Upstream, .. }) => {
+                        Some((&ctl_u, *code, "client did not answer the close"))
+                    }
+                    _ => None,
+                };
+                if let Some((queue, code, reason)) = answer {
+                    queue.finish(Fin::Close(code.unwrap_or(close::NORMAL), reason));
+                    let grace = opts.close_timeout.min(CLOSE_ANSWER_GRACE);
+                    let _ = tokio::time::timeout(grace, session.as_mut()).await;
+                }
+            }
+        }
     }
 
     let Ending {
