@@ -111,6 +111,22 @@ async fn protocol_violations_close_with_1002() {
         violation(&gw, &frame(true, 8, MASK, &1005u16.to_be_bytes())).await,
         1002
     );
+    // Lengths RFC 6455 5.2 forbids: padded (5 bytes in the 16-bit form, 200 in the 64-bit
+    // one), also behind a good frame in the same write, and a 64-bit length with its top bit
+    // set, which is not "too big" (1009) but malformed.
+    let padded16 = [
+        &[0x81, 0xFE, 0, 5, 1, 2, 3, 4][..],
+        &[b'h' ^ 1, b'e' ^ 2, b'l' ^ 3, b'l' ^ 4, b'o' ^ 1],
+    ]
+    .concat();
+    assert_eq!(violation(&gw, &padded16).await, 1002);
+    let mut padded64 = vec![0x82, 0xFF, 0, 0, 0, 0, 0, 0, 0, 200, 1, 2, 3, 4];
+    padded64.extend([0u8; 200]);
+    let mut behind = frame(true, 1, MASK, b"ok");
+    behind.extend(&padded64);
+    assert_eq!(violation(&gw, &behind).await, 1002);
+    let top_bit = [0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+    assert_eq!(violation(&gw, &top_bit).await, 1002);
     gw.stop().await;
 }
 

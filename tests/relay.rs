@@ -656,9 +656,13 @@ async fn client_violations_close_the_client_with_their_code_and_the_app_with_100
 
 #[tokio::test]
 async fn app_violations_give_the_client_1014_and_the_app_their_code() {
+    let mut padded = vec![0x81, 126, 0, 2];
+    padded.extend(b"hi");
     for (bad, app_code) in [
         (frame(true, 1, MASK, b"masked by a server"), 1002),
         (frame(true, 1, None, &[0xFF]), 1007),
+        (padded, 1002),
+        (vec![0x82, 127, 0x80, 0, 0, 0, 0, 0, 0, 0], 1002),
     ] {
         let mut app = spawn_raw_app().await;
         let gw = relay_to(&app.url()).await;

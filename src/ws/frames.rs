@@ -8,6 +8,7 @@ use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, WebSocketError};
 
 use super::close;
+use super::io::BadLength;
 
 /// A frame taken out of fastwebsockets' borrow, with the one bit of its header it keeps private.
 #[derive(Debug)]
@@ -86,7 +87,10 @@ pub fn classify_read_error(err: WebSocketError) -> ReadFailure {
         E::UnexpectedEOF => {
             return ReadFailure::Gone("connection closed without a Close frame".into())
         }
-        E::IoError(e) => return ReadFailure::Gone(e.to_string()),
+        E::IoError(e) => match e.get_ref().and_then(|e| e.downcast_ref::<BadLength>()) {
+            Some(BadLength(reason)) => Violation::protocol(reason),
+            None => return ReadFailure::Gone(e.to_string()),
+        },
         other => return ReadFailure::Gone(other.to_string()),
     };
     ReadFailure::Violation(v)

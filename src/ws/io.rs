@@ -9,7 +9,11 @@
 //! holds no buffer at all.
 //!
 //! Knowing that the reader's buffer is empty takes one count: the bytes this wrapper handed to
-//! fastwebsockets, against the bytes of the frames it returned ([`wire_len`]).
+//! fastwebsockets, against the bytes of the frames it returned ([`wire_len`]). That count is
+//! exact only if every length is in its shortest form, which fastwebsockets does not check: a
+//! padded one would make the leg never park again and keep its largest buffer for good. So the
+//! wrapper follows the frame headers in what it hands over ([`Framing`]) and refuses a padded
+//! length, or a 64-bit one with its top bit set, as the protocol error RFC 6455 5.2 makes it.
 
 use std::future::Future;
 use std::io;
@@ -42,6 +46,89 @@ pub struct LegRead<R, G = Direct> {
     delivered: Arc<AtomicU64>,
     /// Every read of `inner` goes through it (see [`LegRead::gated`]).
     reads: G,
+    /// Where the bytes handed to fastwebsockets stand in the frame sequence.
+    framing: Framing,
+}
+
+/// Follows frame boundaries through the bytes handed to fastwebsockets, to check each length's
+/// form. It stays in step across readers with no reset: a reader is dropped only once it has
+/// returned every byte it was handed (a frame boundary), and the bytes a session takes without
+/// a reader (a burst walk, a streamed frame) are whole frames.
+#[derive(Default)]
+struct Framing {
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// The start of a header that has not all arrived.
+    head: [u8; 10],
+    head_len: u8,
+}
+
+/// A frame length fastwebsockets would take but RFC 6455 5.2 forbids; a protocol error (1002).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BadLength(pub &'static str);
+
+impl Framing {
+    fn scan(&mut self, mut bytes: &[u8]) -> Result<(), BadLength> {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = bytes
+                    .len()
+                    .min(usize::try_from(self.payload_left).unwrap_or(usize::MAX));
+                self.payload_left -= n as u64;
+                bytes = &bytes[n..];
+                continue;
+            }
+            // The length's bytes (up to 10 with the first two); the mask is payload to this count.
+            let have = usize::from(self.head_len);
+            let need = if have < 2 && bytes.len() + have < 2 {
+                2
+            } else {
+                let b1 = if have >= 2 {
+                    self.head[1]
+                } else {
+                    bytes[1 - have]
+                };
+                match b1 & 0x7f {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                }
+            };
+            let take = (need - have).min(bytes.len());
+            self.head[have..have + take].copy_from_slice(&bytes[..take]);
+            self.head_len += take as u8;
+            bytes = &bytes[take..];
+            if usize::from(self.head_len) < need {
+                continue; // the rest of the header comes with the next read
+            }
+            let head = &self.head[..need];
+            let masked = head[1] & 0x80 != 0;
+            let payload = match need {
+                4 => {
+                    let n = u64::from(u16::from_be_bytes([head[2], head[3]]));
+                    if n < 126 {
+                        return Err(BadLength("length not in its shortest form"));
+                    }
+                    n
+                }
+                10 => {
+                    let n = u64::from_be_bytes(head[2..10].try_into().expect("8 bytes"));
+                    if n >> 63 != 0 {
+                        return Err(BadLength("64-bit length with its top bit set"));
+                    }
+                    if n <= 0xffff {
+                        return Err(BadLength("length not in its shortest form"));
+                    }
+                    n
+                }
+                _ => u64::from(head[1] & 0x7f),
+            };
+            self.head_len = 0;
+            self.payload_left = payload + if masked { 4 } else { 0 };
+        }
+        Ok(())
+    }
 }
 
 impl<R> LegRead<R> {
@@ -68,6 +155,7 @@ impl<R, G: Admit> LegRead<R, G> {
             cut: None,
             delivered: Arc::new(AtomicU64::new(0)),
             reads: G::default(),
+            framing: Framing::default(),
         }
     }
 
@@ -166,6 +254,9 @@ impl<R: AsyncRead + Unpin, G: Admit + Unpin> AsyncRead for LegRead<R, G> {
             let inner = &mut this.inner;
             ready!(this.reads.poll(cx, |cx| Pin::new(inner).poll_read(cx, buf)))?;
         }
+        this.framing
+            .scan(&buf.filled()[before..])
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
         // One writer (this task): a plain load and store, no locked add, on the read path.
         let n = (buf.filled().len() - before) as u64;
         let total = this.delivered.load(Ordering::Relaxed) + n;
@@ -400,6 +491,41 @@ pub fn wire_len(frame: &InFrame) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Headers are followed whatever the reads' sizes (a header split anywhere, a payload
+    /// across many reads), and every forbidden length is refused however it arrives.
+    #[test]
+    fn framing_follows_headers_across_reads_and_refuses_bad_lengths() {
+        let mut wire = vec![0x81, 0x85, 1, 2, 3, 4];
+        wire.extend([0u8; 5]);
+        wire.extend([0x82, 126, 0, 200]);
+        wire.extend([0u8; 200]);
+        wire.extend([0x82, 127, 0, 0, 0, 0, 0, 1, 0x11, 0x70]);
+        wire.extend(vec![0u8; 70_000]);
+        wire.extend([0x89, 0x80, 9, 9, 9, 9]);
+        for size in (1..=16).chain([1000, wire.len()]) {
+            let mut f = Framing::default();
+            for read in wire.chunks(size) {
+                f.scan(read).unwrap();
+            }
+            assert_eq!((f.payload_left, f.head_len), (0, 0), "reads of {size}");
+        }
+        let bad: [&[u8]; 4] = [
+            &[0x81, 126, 0, 125],
+            &[0x82, 127, 0, 0, 0, 0, 0, 0, 0xff, 0xff],
+            &[0x82, 127, 0, 0, 0, 0, 0, 0, 0, 1],
+            &[0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0],
+        ];
+        for bytes in bad {
+            for size in 1..=bytes.len() {
+                let mut f = Framing::default();
+                let good_first = [0x81, 0x00];
+                f.scan(&good_first).unwrap();
+                let refused = bytes.chunks(size).try_for_each(|read| f.scan(read));
+                assert!(refused.is_err(), "{bytes:?} in reads of {size}");
+            }
+        }
+    }
     use bytes::BytesMut;
     use fastwebsockets::{Frame, OpCode, Payload, Role};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

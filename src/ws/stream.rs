@@ -51,8 +51,8 @@ impl Head {
             _ => return None,
         };
         let (payload, len) = sizes(bytes)?;
-        if b1 & 0x7f == 127 && payload <= 0xffff {
-            return None; // not the shortest form: the whole-frame path re-encodes it
+        if b1 & 0x7f == 127 && (payload <= 0xffff || payload >> 63 != 0) {
+            return None; // not a valid form: the reader's path refuses it (see `io`)
         }
         if payload < STREAM_MIN {
             return None;
