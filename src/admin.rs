@@ -23,9 +23,11 @@ use crate::service::{full, text, Body};
 use crate::shutdown::Shutdown;
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|reason| Error::Bind {
+        at: "admin.address".into(),
+        addr,
+        reason,
+    })
 }
 
 /// Serves until the process exits: the admin side outlives the drain on purpose.
