@@ -24,9 +24,11 @@ use crate::service::{full, text, Body};
 use crate::shutdown::Shutdown;
 
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|source| Error::Bind { addr, source })
+    TcpListener::bind(addr).await.map_err(|reason| Error::Bind {
+        at: "admin.address".into(),
+        addr,
+        reason,
+    })
 }
 
 /// Serves until `stop` (a reload that moves or removes the admin listener), else until the

@@ -24,11 +24,14 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("{file}: {message}")]
     Tls { file: String, message: String },
-    #[error("cannot listen on {addr}: {source}")]
+    /// The reason is part of the message rather than a `source`, which `{:#}` would print a
+    /// second time. `at` names where the address was configured (`file:line: listen`, or
+    /// `admin.address`).
+    #[error("{at}: cannot listen on {addr}: {reason}")]
     Bind {
+        at: String,
         addr: SocketAddr,
-        #[source]
-        source: io::Error,
+        reason: io::Error,
     },
     #[error("client: {0}")]
     Client(#[from] ClientError),

@@ -32,17 +32,15 @@ pub struct BoundListener {
     pub local_addr: SocketAddr,
 }
 
-pub async fn bind(cfg: &ListenerConfig) -> Result<BoundListener, Error> {
-    let listener = TcpListener::bind(cfg.address)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: cfg.address,
-            source,
-        })?;
-    let local_addr = listener.local_addr().map_err(|source| Error::Bind {
+/// `source` is the config file's name, for the message when the address cannot be bound.
+pub async fn bind(cfg: &ListenerConfig, source: &str) -> Result<BoundListener, Error> {
+    let bind_err = |reason| Error::Bind {
+        at: format!("{source}:{}: listen", cfg.line),
         addr: cfg.address,
-        source,
-    })?;
+        reason,
+    };
+    let listener = TcpListener::bind(cfg.address).await.map_err(bind_err)?;
+    let local_addr = listener.local_addr().map_err(bind_err)?;
     Ok(BoundListener {
         listener,
         local_addr,

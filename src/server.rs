@@ -192,7 +192,7 @@ impl Server {
         let config = &snapshot.config;
         let mut listeners = Vec::with_capacity(config.listen.len());
         for l in &config.listen {
-            listeners.push(listener::bind(l).await?);
+            listeners.push(listener::bind(l, &config.source).await?);
         }
         let admin = match config.admin {
             Some(addr) => Some(admin::bind(addr).await?),
@@ -398,7 +398,7 @@ impl Running {
         let keys = snapshot.config.listener_keys();
         for (l, key) in snapshot.config.listen.iter().zip(&keys) {
             if !self.accepting.contains_key(key) {
-                added.push((*key, listener::bind(l).await?));
+                added.push((*key, listener::bind(l, &snapshot.config.source).await?));
             }
         }
         // A moved admin listener is bound before anything changes, like a new public one.

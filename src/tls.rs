@@ -51,21 +51,37 @@ fn load_certified_key(
         file: file.display().to_string(),
         message,
     };
+    let chain = read_chain(cert).map_err(|m| tls_err(cert, m))?;
+    with_key(chain, cert, key, provider).map_err(|m| tls_err(key, m))
+}
+
+/// The certificate chain in `cert`, leaf first. Shared with config validation, so `wsgate check`
+/// refuses exactly what serving would.
+pub(crate) fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| tls_err(cert, format!("cannot read certificate: {e}")))?
+        .map_err(|e| format!("cannot read certificate: {e}"))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| tls_err(cert, format!("bad PEM certificate: {e}")))?;
-    if chain.is_empty() {
-        return Err(tls_err(cert, "no CERTIFICATE block in the file".into()));
-    }
-    let private = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| tls_err(key, format!("cannot read private key: {e}")))?;
-    CertifiedKey::from_der(chain, private, provider).map_err(|e| {
-        tls_err(
-            key,
-            format!("key does not fit the certificate {}: {e}", cert.display()),
-        )
-    })
+        .map_err(|e| format!("bad PEM certificate: {e}"))?;
+    let Some(leaf) = chain.first() else {
+        return Err("no CERTIFICATE block in the file".into());
+    };
+    // Otherwise a leaf that is not X.509 would surface as a key that does not fit it.
+    webpki::EndEntityCert::try_from(leaf)
+        .map_err(|e| format!("the first certificate is not a valid X.509 certificate: {e}"))?;
+    Ok(chain)
+}
+
+/// Pairs `chain` (read from `cert`, named in messages) with the private key in `key`.
+pub(crate) fn with_key(
+    chain: Vec<CertificateDer<'static>>,
+    cert: &Path,
+    key: &Path,
+    provider: &rustls::crypto::CryptoProvider,
+) -> Result<CertifiedKey, String> {
+    let private =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key: {e}"))?;
+    CertifiedKey::from_der(chain, private, provider)
+        .map_err(|e| format!("key does not fit the certificate {}: {e}", cert.display()))
 }
 
 struct SniResolver {

@@ -122,6 +122,78 @@ fn a_bad_file_names_file_line_column_and_key_and_exits_1() {
     );
 }
 
+/// What `run` would refuse, `check` refuses too, at the key: CA files, certificates, and listen
+/// addresses that cannot be bound together.
+#[test]
+fn check_refuses_what_run_would_at_its_key() {
+    let dir = TempDir::new("cli-check-run");
+    let file = dir.path().join("gw.yaml");
+    let check = |yaml: &str| {
+        std::fs::write(&file, yaml).unwrap();
+        let out = wsgate()
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+
+    let pki = TestPki::new();
+    let (crt, key) = pki.issue("site", &["localhost"]);
+    let (_, other_key) = pki.issue("other", &["localhost"]);
+    // A key alone holds no CERTIFICATE block: a CA file of it would trust nothing.
+    let err = check(&format!(
+        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /a\n    upstreams: [https://app]\n    ca: {}\n",
+        key.display()
+    ));
+    assert!(
+        err.contains("gw.yaml:6:9: routes[0].ca: no CERTIFICATE block"),
+        "{err}"
+    );
+    let err = check(&format!(
+        "listen:\n  - address: 127.0.0.1:0\n    tls:\n      certificates:\n        - cert: {}\n          key: {}\n",
+        crt.display(),
+        other_key.display()
+    ));
+    assert!(
+        err.contains("gw.yaml:6:16: listen[0].tls.certificates[0].key: key does not fit"),
+        "{err}"
+    );
+    let err = check("listen:\n  - address: 0.0.0.0:8080\n  - address: 127.0.0.1:8080\n");
+    assert!(
+        err.contains("gw.yaml:3:14: listen[1].address: listen address 127.0.0.1:8080 overlaps 0.0.0.0:8080 at line 2"),
+        "{err}"
+    );
+    let err = check("listen:\n  - address: 0.0.0.0:8080\nadmin:\n  address: 127.0.0.1:8080\n");
+    assert!(err.contains("gw.yaml:4:12: admin.address: "), "{err}");
+}
+
+/// A port another process holds: the message names the file and the listen entry's line, and
+/// gives the reason once.
+#[test]
+fn a_port_in_use_names_the_config_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new("cli-in-use");
+    let file = dir.path().join("busy.yaml");
+    std::fs::write(
+        &file,
+        format!("listen:\n  - address: 127.0.0.1:0\n  - address: {addr}\n"),
+    )
+    .unwrap();
+    let out = wsgate().arg("--config").arg(&file).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "busy.yaml:3: listen: cannot listen on {addr}: Address already in use"
+        )),
+        "{err}"
+    );
+    assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+}
+
 #[test]
 fn sigterm_closes_websockets_with_1001_and_exits_0() {
     let dir = TempDir::new("cli-term");

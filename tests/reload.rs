@@ -195,9 +195,23 @@ async fn a_new_certificate_is_used_by_new_handshakes() {
     open.read_to_end(&mut body).await.unwrap();
     assert!(String::from_utf8_lossy(&body).starts_with("HTTP/1.1 200"));
 
-    // A reload whose key file does not fit its certificate is rejected whole.
+    // A key file that does not fit its certificate is refused by the loader, at its key.
     let bad = tls_yaml(&a_crt, &b_key);
-    let config = wsgate::config::load_str(&bad, "t.yaml", std::path::Path::new(".")).unwrap();
+    let e = wsgate::config::load_str(&bad, "t.yaml", std::path::Path::new(".")).unwrap_err();
+    assert_eq!(
+        (e.line, e.key.as_str()),
+        (5, "listen[0].tls.certificates[0].key"),
+        "{e}"
+    );
+    assert!(e.message.contains("does not fit"), "{e}");
+    // And should one reach the server anyway, the reload is rejected whole.
+    let mut config = wsgate::config::load_str(
+        &tls_yaml(&a_crt, &a_key),
+        "t.yaml",
+        std::path::Path::new("."),
+    )
+    .unwrap();
+    config.listen[0].tls.as_mut().unwrap().certificates[0].key = b_key.clone();
     assert!(gw.reloader.reload(config).await.is_err());
     let (_s, still) = leaf(gw.addr()).await;
     assert_eq!(still, second);

@@ -59,6 +59,9 @@ pub struct Listener {
     /// `proxy_protocol`: every connection starts with a PROXY v1 or v2 header (AWS NLB, HAProxy)
     /// that names the real client; connections without a valid one are closed.
     pub proxy_protocol: bool,
+    /// 1-based line of its `address` in the config file, for messages about it. Not part of
+    /// its identity across reloads (see [`ListenerKey`]).
+    pub line: usize,
 }
 
 /// Identifies a listener across reloads: its configured address, and which of the listeners

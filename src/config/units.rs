@@ -10,6 +10,10 @@ const KIB: usize = 1024;
 const MIB: usize = 1024 * KIB;
 const GIB: usize = 1024 * MIB;
 
+/// The longest duration accepted: a year. Timers add durations to `Instant::now()`, which panics
+/// on overflow, and no timeout or age in a gateway has a use for more.
+const MAX_DURATION: Duration = Duration::from_secs(8760 * 3600);
+
 /// Parses `500ms`, `30s`, `2m`, `1h`, or a bare `0`.
 ///
 /// Zero is the only unitless value because "off" means the same in every unit, and several
@@ -24,7 +28,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     if number.is_empty() {
         return Err(invalid());
     }
-    let too_large = || format!("duration {s:?} is too large");
+    let too_large = || format!("duration {s:?} is too large (at most 8760h)");
     // Digits only, so the one way `parse` can fail here is overflow.
     let n: u64 = number.parse().map_err(|_| too_large())?;
     let duration = match unit {
@@ -40,6 +44,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(too_large)?),
         _ => return Err(invalid()),
     };
+    if duration > MAX_DURATION {
+        return Err(too_large());
+    }
     Ok(duration)
 }
 
@@ -157,6 +164,25 @@ mod tests {
         assert!(parse_duration(&format!("{}h", u64::MAX / 60))
             .unwrap_err()
             .contains("too large"));
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused() {
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert_eq!(parse_duration("525600m"), Ok(MAX_DURATION));
+        for huge in [
+            "8761h",
+            "31536001s",
+            "31536000001ms",
+            "9223372036854775807s",
+            "18446744073709551615s",
+            "18446744073709551615ms",
+        ] {
+            assert_eq!(
+                parse_duration(huge).unwrap_err(),
+                format!("duration {huge:?} is too large (at most 8760h)")
+            );
+        }
     }
 
     #[test]

@@ -74,19 +74,55 @@ fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
 /// the file's directory so a config keeps working whatever directory wsgate is started from.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let source = path.display().to_string();
-    let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+    let file_error = |pos: Pos, message: String| ConfigError {
         file: source.clone(),
-        line: 1,
-        column: 1,
+        line: pos.line,
+        column: pos.column,
         key: "(file)".into(),
-        message: format!("cannot read the configuration file: {e}"),
+        message,
+    };
+    let bytes = std::fs::read(path).map_err(|e| {
+        file_error(
+            Pos { line: 1, column: 1 },
+            format!("cannot read the configuration file: {e}"),
+        )
     })?;
-    load_str(&text, &source, path.parent().unwrap_or(Path::new("")))
+    let text = std::str::from_utf8(&bytes).map_err(|e| {
+        let (pos, message) = not_utf8(&bytes, e);
+        file_error(pos, message)
+    })?;
+    load_str(text, &source, path.parent().unwrap_or(Path::new("")))
+}
+
+/// Where the first invalid byte is, counted as the YAML scanner counts (lines from 1, columns in
+/// characters from 1, a leading BOM not counted), so the position is the one an editor shows.
+fn not_utf8(bytes: &[u8], e: std::str::Utf8Error) -> (Pos, String) {
+    if bytes.starts_with(&[0xff, 0xfe]) || bytes.starts_with(&[0xfe, 0xff]) {
+        let message =
+            "the file is UTF-16 (it starts with a UTF-16 byte order mark); save it as UTF-8";
+        return (Pos { line: 1, column: 1 }, message.into());
+    }
+    let (valid, rest) = bytes.split_at(e.valid_up_to());
+    // `valid_up_to` is where the valid prefix ends, so this never falls back.
+    let valid = std::str::from_utf8(valid).unwrap_or_default();
+    let valid = valid.strip_prefix('\u{feff}').unwrap_or(valid);
+    let line_start = valid.rfind('\n').map_or(0, |i| i + 1);
+    let pos = Pos {
+        line: valid.matches('\n').count() + 1,
+        column: valid[line_start..].chars().count() + 1,
+    };
+    let message = format!(
+        "invalid UTF-8 (byte 0x{:02x}); the file must be UTF-8",
+        rest[0]
+    );
+    (pos, message)
 }
 
 /// Loads configuration text. `source` only names the text in messages and in `Config::source`;
 /// `base_dir` is what relative file paths are resolved against.
 pub fn load_str(text: &str, source: &str, base_dir: &Path) -> Result<Config, ConfigError> {
+    // YAML allows a byte order mark, and some Windows editors write one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     parse_tree(text)
         .and_then(|root| convert(&root, source, base_dir))
         .map_err(|e| ConfigError {
@@ -401,7 +437,7 @@ impl<'a> Field<'a> {
     fn found(&self) -> String {
         match &self.node.value {
             Value::Null => "nothing".into(),
-            Value::Bool(b) => format!("the boolean {b} (quote it if you mean text)"),
+            Value::Bool(b) => format!("the boolean {b}"),
             Value::Int(n) => format!("the number {n}"),
             Value::Str(s) => format!("the string {s:?}"),
             Value::Seq(_) => "a list".into(),
@@ -414,6 +450,11 @@ impl<'a> Field<'a> {
     fn text(&self, expected: &str) -> Result<&'a str> {
         match &self.node.value {
             Value::Str(s) | Value::Int(s) => Ok(s),
+            // Only where text is expected can quoting be the fix (`log_level: "true"`).
+            Value::Bool(_) => Err(self.error(format!(
+                "expected {expected}, found {} (quote it if you mean text)",
+                self.found()
+            ))),
             _ => Err(self.error(format!("expected {expected}, found {}", self.found()))),
         }
     }
@@ -438,31 +479,32 @@ impl<'a> Field<'a> {
         }
     }
 
-    /// A threshold such as `unhealthy_after`: zero would mean "before any probe", so 1 is the
-    /// smallest meaningful value.
     /// A limit: a whole number, where 0 means "no limit".
     fn count_or_zero(&self) -> Result<u32> {
-        match &self.node.value {
-            Value::Int(n) => n.parse::<u32>().map_err(|_| {
-                self.error(format!(
-                    "expected a whole number (0 for no limit), found {n}"
-                ))
-            }),
-            _ => Err(self.error(format!(
-                "expected a whole number (0 for no limit), found {}",
-                self.found()
-            ))),
-        }
+        self.whole_number(0, "0 (no limit)")
     }
 
+    /// A threshold such as `unhealthy_after`: zero would mean "before any probe", so 1 is the
+    /// smallest meaningful value.
     fn count(&self) -> Result<u32> {
-        let expected = "a whole number of at least 1";
-        match &self.node.value {
-            Value::Int(n) => match n.parse::<u32>() {
-                Ok(n) if n >= 1 => Ok(n),
-                _ => Err(self.error(format!("expected {expected}, found {n}"))),
-            },
-            _ => Err(self.error(format!("expected {expected}, found {}", self.found()))),
+        self.whole_number(1, "1")
+    }
+
+    /// A `u32` of at least `min`; `min_text` is how messages write `min`.
+    fn whole_number(&self, min: u32, min_text: &str) -> Result<u32> {
+        let Value::Int(text) = &self.node.value else {
+            return Err(self.error(format!(
+                "expected a whole number from {min_text} to {}, found {}",
+                u32::MAX,
+                self.found()
+            )));
+        };
+        match text.parse::<u32>() {
+            Ok(n) if n >= min => Ok(n),
+            _ => Err(self.error(format!(
+                "{text} is out of range: must be between {min_text} and {}",
+                u32::MAX
+            ))),
         }
     }
 
@@ -693,20 +735,35 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
         })?
         .unwrap_or_else(|| (WsOptions::default(), true));
 
+    let listen = listeners(&top.required("listen")?, base_dir)?;
+    let shutdown_grace = top
+        .opt("shutdown_grace", Field::duration)?
+        .unwrap_or(Duration::from_secs(30));
+    let drain_delay = top
+        .opt("drain_delay", |f| {
+            let delay = f.duration()?;
+            // The drain is counted within the grace period, so one as long would leave no time
+            // to close anything, and the shutdown would cut the drain short.
+            if !delay.is_zero() && delay >= shutdown_grace {
+                return Err(f.error(format!(
+                    "drain_delay ({}) must be shorter than shutdown_grace ({}), which counts it",
+                    super::format_duration(delay),
+                    super::format_duration(shutdown_grace)
+                )));
+            }
+            Ok(delay)
+        })?
+        .unwrap_or(Duration::ZERO);
+
     let log_defaults = LogOptions::default();
     Ok(Config {
         source: source.to_string(),
-        listen: listeners(&top.required("listen")?, base_dir)?,
         health_path: top
             .opt("health_path", |f| f.parse(url_path))?
             .unwrap_or_else(|| "/healthz".into()),
         sample_page: top.opt("sample_page", |f| f.parse(url_path))?,
-        shutdown_grace: top
-            .opt("shutdown_grace", Field::duration)?
-            .unwrap_or(Duration::from_secs(30)),
-        drain_delay: top
-            .opt("drain_delay", Field::duration)?
-            .unwrap_or(Duration::ZERO),
+        shutdown_grace,
+        drain_delay,
         http: top.opt("http", http_options)?.unwrap_or_default(),
         routes: top
             .opt("routes", |f| {
@@ -745,8 +802,27 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             .unwrap_or_default(),
         admin: top.opt("admin", |f| {
             let map = f.map(&[ADMIN_KEYS])?;
-            map.required("address")?.parse(listen_address)
+            let field = map.required("address")?;
+            let address = field.parse(listen_address)?;
+            if let Some(l) = listen.iter().find(|l| overlap(l.address, address)) {
+                let message = if l.address == address {
+                    format!(
+                        "admin address {address} is also the listen address at line {}",
+                        l.line
+                    )
+                } else {
+                    format!(
+                        "admin address {address} overlaps listen address {} at line {} ({})",
+                        l.address,
+                        l.line,
+                        why_overlap(l.address, address)
+                    )
+                };
+                return Err(field.error(message));
+            }
+            Ok(address)
         })?,
+        listen,
         log: LogOptions {
             level: top
                 .opt("log_level", |f| f.parse(log_filter))?
@@ -763,31 +839,71 @@ fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
     if items.is_empty() {
         return Err(field.error("at least one listener is required"));
     }
-    let mut listeners: Vec<(Listener, usize)> = Vec::new();
+    let mut listeners: Vec<Listener> = Vec::new();
     for item in &items {
         let map = item.map(&[LISTEN_KEYS])?;
         let address_field = map.required("address")?;
         let address = address_field.parse(listen_address)?;
-        // Port 0 asks the OS for a fresh port each time, so two of them never collide.
-        if address.port() != 0 {
-            if let Some((_, line)) = listeners.iter().find(|(l, _)| l.address == address) {
-                return Err(address_field.error(format!(
-                    "duplicate listen address {address} (already listed at line {line})"
-                )));
-            }
+        if let Some(l) = listeners.iter().find(|l| overlap(l.address, address)) {
+            let message = if l.address == address {
+                format!(
+                    "duplicate listen address {address} (already listed at line {})",
+                    l.line
+                )
+            } else {
+                format!(
+                    "listen address {address} overlaps {} at line {} ({})",
+                    l.address,
+                    l.line,
+                    why_overlap(l.address, address)
+                )
+            };
+            return Err(address_field.error(message));
         }
         let tls = map.opt("tls", |f| tls_options(f, base_dir))?;
         let proxy_protocol = map.opt("proxy_protocol", Field::bool)?.unwrap_or(false);
-        listeners.push((
-            Listener {
-                address,
-                tls,
-                proxy_protocol,
-            },
-            address_field.node.pos.line,
-        ));
+        listeners.push(Listener {
+            address,
+            tls,
+            proxy_protocol,
+            line: address_field.node.pos.line,
+        });
     }
-    Ok(listeners.into_iter().map(|(l, _)| l).collect())
+    Ok(listeners)
+}
+
+/// Whether binding both addresses would fail: the same port where one address includes the
+/// other. A wildcard takes the port on every address of its family, and `[::]` on IPv4 as
+/// well, since listeners leave IPV6_V6ONLY at the system default, which is off on Linux.
+/// Port 0 asks the OS for a fresh port each time, so it never collides.
+fn overlap(a: SocketAddr, b: SocketAddr) -> bool {
+    use std::net::IpAddr;
+    // `[::ffff:127.0.0.1]` is bound as 127.0.0.1.
+    let plain = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    let covers = |wide: IpAddr, narrow: IpAddr| {
+        wide == narrow
+            || match wide {
+                IpAddr::V4(w) => w.is_unspecified() && narrow.is_ipv4(),
+                IpAddr::V6(w) => w.is_unspecified(),
+            }
+    };
+    let (x, y) = (plain(a.ip()), plain(b.ip()));
+    a.port() != 0 && a.port() == b.port() && (covers(x, y) || covers(y, x))
+}
+
+/// The reason two different addresses [`overlap`], for the message.
+fn why_overlap(a: SocketAddr, b: SocketAddr) -> &'static str {
+    let v6_any = |x: SocketAddr| x.is_ipv6() && x.ip().is_unspecified();
+    if (v6_any(a) && b.is_ipv4()) || (v6_any(b) && a.is_ipv4()) {
+        "[::] also takes the port on IPv4"
+    } else if a.ip().is_unspecified() || b.ip().is_unspecified() {
+        "a wildcard address takes the port on every address of its family"
+    } else {
+        "both are the same address"
+    }
 }
 
 /// `10.0.0.0/8`, `fd00::/8`, or a bare address (a /32 or /128).
@@ -867,10 +983,16 @@ fn tls_options(field: &Field, base_dir: &Path) -> Result<TlsOptions> {
         .iter()
         .map(|item| {
             let pair = item.map(&[CERT_KEYS])?;
-            Ok(CertificatePair {
-                cert: existing_file(&pair.required("cert")?, base_dir, "certificate")?,
-                key: existing_file(&pair.required("key")?, base_dir, "private key")?,
-            })
+            let cert_field = pair.required("cert")?;
+            let cert = existing_file(&cert_field, base_dir, "certificate")?;
+            let key_field = pair.required("key")?;
+            let key = existing_file(&key_field, base_dir, "private key")?;
+            // Parsed as serving parses them, so that a bad file or a key that fits no
+            // certificate is reported at its key, by `wsgate check` too.
+            let chain = crate::tls::read_chain(&cert).map_err(|m| cert_field.error(m))?;
+            crate::tls::with_key(chain, &cert, &key, &crate::tls::provider())
+                .map_err(|m| key_field.error(m))?;
+            Ok(CertificatePair { cert, key })
         })
         .collect::<Result<_>>()?;
     Ok(TlsOptions { certificates })
@@ -1020,7 +1142,12 @@ fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Re
         upstream_timeout: map
             .opt("upstream_timeout", Field::nonzero_duration)?
             .unwrap_or(Duration::from_secs(30)),
-        ca: map.opt("ca", |f| existing_file(f, base_dir, "CA"))?,
+        ca: map.opt("ca", |f| {
+            let path = existing_file(f, base_dir, "CA")?;
+            // Read as the upstream connector reads it, so `wsgate check` refuses what it would.
+            crate::upstream::connect::read_ca(&path).map_err(|m| f.error(m))?;
+            Ok(path)
+        })?,
         ws: ws_options(&map, global)?,
         line: item.node.pos.line,
     })
@@ -1241,6 +1368,11 @@ fn origin_pattern(s: &str) -> Result<OriginPattern, String> {
     }
     let (wildcard, host) = match url.host.strip_prefix("*.") {
         Some(parent) if !url.ipv6 => (true, parent.to_string()),
+        // In the form `ws::origin::parse` gives the header's: canonical, without brackets.
+        _ if url.ipv6 => match url.host.parse::<Ipv6Addr>() {
+            Ok(addr) => (false, addr.to_string()),
+            Err(_) => return Err(format!("invalid IPv6 address in {s:?}")),
+        },
         _ => (false, url.host.clone()),
     };
     if !url.ipv6 {
@@ -1302,10 +1434,20 @@ mod tests {
             TempDir(dir)
         }
 
-        fn file(&self, name: &str, contents: &str) -> PathBuf {
+        fn file(&self, name: &str, contents: impl AsRef<[u8]>) -> PathBuf {
             let path = self.0.join(name);
             std::fs::write(&path, contents).unwrap();
             path
+        }
+
+        /// A self-signed certificate for localhost in `<stem>.crt`, its key in `<stem>.key`;
+        /// returns the certificate's PEM.
+        fn pair(&self, stem: &str) -> String {
+            let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+            self.file(&format!("{stem}.key"), made.key_pair.serialize_pem());
+            let pem = made.cert.pem();
+            self.file(&format!("{stem}.crt"), &pem);
+            pem
         }
     }
 
@@ -1360,9 +1502,10 @@ mod tests {
     #[test]
     fn full_file_with_every_key() {
         let dir = TempDir::new();
-        dir.file("cert.pem", "cert");
-        dir.file("key.pem", "key");
-        dir.file("ca.pem", "ca");
+        let pem = dir.pair("site");
+        std::fs::rename(dir.0.join("site.crt"), dir.0.join("cert.pem")).unwrap();
+        std::fs::rename(dir.0.join("site.key"), dir.0.join("key.pem")).unwrap();
+        dir.file("ca.pem", pem);
         let path = dir.file(
             "wsgate.yaml",
             r#"
@@ -1427,6 +1570,7 @@ routes:
                 address: "0.0.0.0:80".parse().unwrap(),
                 tls: None,
                 proxy_protocol: false,
+                line: 3,
             }
         );
         assert_eq!(c.listen[1].address, "[::1]:8443".parse().unwrap());
@@ -1821,6 +1965,10 @@ routes:
         assert_eq!(origin_pattern("http://example.com").unwrap().port, 80);
         assert_eq!(origin_pattern("wss://example.com").unwrap().port, 443);
         assert_eq!(origin_pattern("http://[::1]:8080").unwrap().host, "::1");
+        // Canonical, as the Origin header's host is compared in that form.
+        let o = origin_pattern("http://[0:0::1]:8080").unwrap();
+        assert_eq!((o.host.as_str(), o.port), ("::1", 8080));
+        assert_eq!(origin_pattern("https://[FE80::A]").unwrap().host, "fe80::a");
 
         for (bad, needle) in [
             ("*", "use an empty list to allow every origin"),
@@ -1912,6 +2060,8 @@ routes:
             addrs,
             ["127.0.0.1:5000", "[::1]:5000", "127.0.0.1:0", "127.0.0.1:0"]
         );
+        let lines: Vec<usize> = c.listen.iter().map(|l| l.line).collect();
+        assert_eq!(lines, [2, 3, 4, 5]);
 
         let e = err("listen:\n  - address: 127.0.0.1:5000\n  - address: localhost:5000\n");
         assert_err(
@@ -2003,7 +2153,7 @@ routes:
             8,
             22,
             "routes[0].health_check.healthy_after",
-            "at least 1",
+            "0 is out of range: must be between 1 and 4294967295",
         );
         let e = err(&with_listen(&format!(
             "{base}      path: /up\n      healthy_after: '2'\n"
@@ -2139,6 +2289,289 @@ routes:
         assert_eq!(
             e.to_string(),
             "test.yaml:1:5: (syntax): mapping values are not allowed in this context"
+        );
+    }
+
+    #[test]
+    fn durations_beyond_a_year_are_refused_at_their_key() {
+        for (yaml, column, key) in [
+            (
+                "http: { header_read_timeout: 9223372036854775807s }\n",
+                30,
+                "http.header_read_timeout",
+            ),
+            (
+                "max_connection_age: 18446744073709551615s\n",
+                21,
+                "max_connection_age",
+            ),
+            (
+                "websockets: { keep_alive_interval: 18446744073709551615s }\n",
+                36,
+                "websockets.keep_alive_interval",
+            ),
+            (
+                "shutdown_grace: 9223372036854775807s\n",
+                17,
+                "shutdown_grace",
+            ),
+            ("close_spread: 8761h\n", 15, "close_spread"),
+        ] {
+            let e = err(&with_listen(yaml));
+            assert_err(&e, 3, column, key, "is too large (at most 8760h)");
+        }
+        let e = err(&with_listen(
+            "routes:\n  - path: /a\n    close_timeout: 31536001s\n",
+        ));
+        assert_err(&e, 5, 20, "routes[0].close_timeout", "at most 8760h");
+        let c = load(&with_listen("max_connection_age: 8760h\n")).unwrap();
+        assert_eq!(c.max_connection_age, Duration::from_secs(8760 * 3600));
+    }
+
+    #[test]
+    fn certificate_material_is_checked_at_its_key() {
+        let dir = TempDir::new();
+        dir.pair("a");
+        dir.pair("b");
+        let yaml = |cert: &str, key: &str| {
+            format!("listen:\n  - address: 127.0.0.1:8443\n    tls:\n      certificates:\n        - cert: {cert}\n          key: {key}\n")
+        };
+        let load_in = |cert: &str, key: &str| load_str(&yaml(cert, key), "t", &dir.0);
+        assert!(load_in("a.crt", "a.key").is_ok());
+        let cert_key = "listen[0].tls.certificates[0].cert";
+        let key_key = "listen[0].tls.certificates[0].key";
+
+        let e = load_in("a.crt", "b.key").unwrap_err();
+        let fit = format!(
+            "key does not fit the certificate {}",
+            dir.0.join("a.crt").display()
+        );
+        assert_err(&e, 6, 16, key_key, &fit);
+        let e = load_in("a.crt", "a.crt").unwrap_err();
+        assert_err(&e, 6, 16, key_key, "cannot read private key");
+
+        dir.file("empty.crt", "");
+        dir.file("junk.crt", "not a certificate\n");
+        dir.file(
+            "bad-pem.crt",
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        );
+        dir.file(
+            "not-x509.crt",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        for (cert, needle) in [
+            ("empty.crt", "no CERTIFICATE block"),
+            ("junk.crt", "no CERTIFICATE block"),
+            ("a.key", "no CERTIFICATE block"),
+            ("bad-pem.crt", "bad PEM certificate"),
+            ("not-x509.crt", "not a valid X.509 certificate"),
+        ] {
+            let e = load_in(cert, "a.key").unwrap_err();
+            assert_err(&e, 5, 17, cert_key, needle);
+        }
+    }
+
+    #[test]
+    fn a_ca_file_must_hold_usable_certificates() {
+        let dir = TempDir::new();
+        dir.pair("ca");
+        let load_ca = |ca: &str| {
+            let yaml = format!(
+                "{LISTEN}routes:\n  - path: /a\n    upstreams: [https://app]\n    ca: {ca}\n"
+            );
+            load_str(&yaml, "t", &dir.0)
+        };
+        let c = load_ca("ca.crt").unwrap();
+        assert_eq!(c.routes[0].ca, Some(dir.0.join("ca.crt")));
+
+        dir.file("empty.pem", "");
+        dir.file(
+            "bad-pem.pem",
+            "-----BEGIN CERTIFICATE-----\n!!!\n-----END CERTIFICATE-----\n",
+        );
+        dir.file(
+            "not-x509.pem",
+            "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+        );
+        for (ca, needle) in [
+            ("empty.pem", "no CERTIFICATE block"),
+            ("ca.key", "no CERTIFICATE block"),
+            ("bad-pem.pem", "bad PEM certificate"),
+            ("not-x509.pem", "unusable CA certificate"),
+            ("missing.pem", "CA file not found"),
+        ] {
+            let e = load_ca(ca).unwrap_err();
+            assert_err(&e, 6, 9, "routes[0].ca", needle);
+        }
+    }
+
+    #[test]
+    fn overlapping_listen_addresses() {
+        for (first, second, needle) in [
+            (
+                "0.0.0.0:8080",
+                "127.0.0.1:8080",
+                "127.0.0.1:8080 overlaps 0.0.0.0:8080 at line 2 (a wildcard address",
+            ),
+            (
+                "127.0.0.1:8080",
+                "0.0.0.0:8080",
+                "0.0.0.0:8080 overlaps 127.0.0.1:8080 at line 2",
+            ),
+            (
+                "0.0.0.0:8080",
+                "'[::]:8080'",
+                "[::]:8080 overlaps 0.0.0.0:8080 at line 2 ([::] also takes the port on IPv4)",
+            ),
+            (
+                "'[::]:8080'",
+                "10.0.0.1:8080",
+                "10.0.0.1:8080 overlaps [::]:8080 at line 2 ([::] also",
+            ),
+            ("'[::1]:8080'", "'[::]:8080'", "overlaps [::1]:8080"),
+            (
+                "127.0.0.1:8080",
+                "'[::ffff:127.0.0.1]:8080'",
+                "both are the same address",
+            ),
+        ] {
+            let e = err(&format!(
+                "listen:\n  - address: {first}\n  - address: {second}\n"
+            ));
+            assert_err(&e, 3, 14, "listen[1].address", needle);
+        }
+        // Other ports, port 0, and a specific IPv6 address beside IPv4's wildcard all bind.
+        let c = load(
+            "listen:\n  - address: 0.0.0.0:8080\n  - address: '[::1]:8080'\n  - address: 0.0.0.0:8081\n  - address: 0.0.0.0:0\n  - address: 127.0.0.1:0\n  - address: '[::]:0'\n",
+        )
+        .unwrap();
+        assert_eq!(c.listen.len(), 6);
+    }
+
+    #[test]
+    fn the_admin_address_must_not_overlap_a_listener() {
+        let e = err(&with_listen("admin:\n  address: 127.0.0.1:8080\n"));
+        assert_err(
+            &e,
+            4,
+            12,
+            "admin.address",
+            "admin address 127.0.0.1:8080 is also the listen address at line 2",
+        );
+        let e = err("listen:\n  - address: '[::]:9090'\nadmin:\n  address: localhost:9090\n");
+        assert_err(
+            &e,
+            4,
+            12,
+            "admin.address",
+            "overlaps listen address [::]:9090 at line 2 ([::] also takes the port on IPv4)",
+        );
+        let c = load(&with_listen("admin:\n  address: 127.0.0.1:9090\n")).unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        let c =
+            load("listen:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n").unwrap();
+        assert_eq!(c.admin, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn drain_delay_must_be_shorter_than_shutdown_grace() {
+        let e = err(&with_listen("drain_delay: 30s\n"));
+        assert_err(
+            &e,
+            3,
+            14,
+            "drain_delay",
+            "drain_delay (30s) must be shorter than shutdown_grace (30s), which counts it",
+        );
+        let e = err(&with_listen("drain_delay: 1m\nshutdown_grace: 10s\n"));
+        assert_err(
+            &e,
+            3,
+            14,
+            "drain_delay",
+            "(1m) must be shorter than shutdown_grace (10s)",
+        );
+        let c = load(&with_listen("shutdown_grace: 10s\ndrain_delay: 9s\n")).unwrap();
+        assert_eq!(c.drain_delay, Duration::from_secs(9));
+        let c = load(&with_listen("shutdown_grace: 0\ndrain_delay: 0\n")).unwrap();
+        assert_eq!(
+            (c.shutdown_grace, c.drain_delay),
+            (Duration::ZERO, Duration::ZERO)
+        );
+    }
+
+    #[test]
+    fn a_byte_order_mark_is_ignored() {
+        let c = load(&format!("\u{feff}{LISTEN}")).unwrap();
+        assert_eq!(c.listen[0].line, 2);
+        let e = err("\u{feff}listn: []\n");
+        assert_err(&e, 1, 1, "listn", "unknown key");
+        let dir = TempDir::new();
+        let path = dir.file("bom.yaml", format!("\u{feff}{LISTEN}"));
+        assert_eq!(load_file(&path).unwrap().listen.len(), 1);
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported_at_the_first_bad_byte() {
+        let dir = TempDir::new();
+        let path = dir.file(
+            "latin1.yaml",
+            b"listen:\n  - address: 127.0.0.1:8080\nhealth_path: /caf\xe9\n",
+        );
+        let e = load_file(&path).unwrap_err();
+        assert_eq!(e.file, path.display().to_string());
+        assert_err(&e, 3, 18, "(file)", "invalid UTF-8 (byte 0xe9)");
+        // Columns count characters, as the scanner's do, and a BOM is not one.
+        let mut bytes = "\u{feff}# \u{e9}\u{e9} ".as_bytes().to_vec();
+        bytes.push(0xff);
+        let path = dir.file("mixed.yaml", bytes);
+        assert_err(&load_file(&path).unwrap_err(), 1, 6, "(file)", "byte 0xff");
+        let path = dir.file("utf16.yaml", b"\xff\xfel\x00i\x00");
+        assert_err(&load_file(&path).unwrap_err(), 1, 1, "(file)", "UTF-16");
+    }
+
+    #[test]
+    fn messages_fit_what_was_expected() {
+        let e = err(&with_listen("limits: { max_connections: 5000000000 }\n"));
+        assert_err(
+            &e,
+            3,
+            28,
+            "limits.max_connections",
+            "5000000000 is out of range: must be between 0 (no limit) and 4294967295",
+        );
+        let e = err(&with_listen("limits:\n  message_rate: fast\n"));
+        assert_err(
+            &e,
+            4,
+            17,
+            "limits.message_rate",
+            "expected a whole number from 0 (no limit) to 4294967295, found the string \"fast\"",
+        );
+        // Quoting a boolean is the fix only where text is expected.
+        for (yaml, column, key, expected) in [
+            ("websockets: true\n", 13, "websockets", "a mapping"),
+            ("routes: false\n", 9, "routes", "a list"),
+            (
+                "limits: { message_rate: true }\n",
+                25,
+                "limits.message_rate",
+                "a whole number",
+            ),
+        ] {
+            let e = err(&with_listen(yaml));
+            assert_err(&e, 3, column, key, &format!("expected {expected}"));
+            assert!(e.message.contains("found the boolean"), "{e}");
+            assert!(!e.message.contains("quote"), "{e}");
+        }
+        let e = err(&with_listen("health_path: true\n"));
+        assert_err(
+            &e,
+            3,
+            14,
+            "health_path",
+            "found the boolean true (quote it if you mean text)",
         );
     }
 }

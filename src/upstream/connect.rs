@@ -2,6 +2,7 @@
 //! against the system roots or the route's `ca` file.
 
 use std::io;
+use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -21,29 +22,20 @@ use crate::error::{Error, UpstreamError};
 /// The TLS client settings for a route's https upstreams. `alpn` is what the leg speaks
 /// (http/1.1 for WebSocket legs, which cannot run over h2 here).
 pub fn client_config(route: &Route, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>, Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    match &route.ca {
-        Some(ca) => {
-            let tls_err = |message: String| Error::Tls {
-                file: ca.display().to_string(),
-                message,
-            };
-            for cert in CertificateDer::pem_file_iter(ca)
-                .map_err(|e| tls_err(format!("cannot read CA file: {e}")))?
-            {
-                let cert = cert.map_err(|e| tls_err(format!("bad PEM certificate: {e}")))?;
-                roots
-                    .add(cert)
-                    .map_err(|e| tls_err(format!("unusable CA certificate: {e}")))?;
-            }
-        }
+    let roots = match &route.ca {
+        Some(ca) => read_ca(ca).map_err(|message| Error::Tls {
+            file: ca.display().to_string(),
+            message,
+        })?,
         None => {
+            let mut roots = rustls::RootCertStore::empty();
             // Certificates the system store holds but rustls cannot use are skipped, as curl does.
             for cert in rustls_native_certs::load_native_certs().certs {
                 let _ = roots.add(cert);
             }
+            roots
         }
-    }
+    };
     let mut config = ClientConfig::builder_with_provider(crate::tls::provider())
         .with_safe_default_protocol_versions()
         .map_err(|e| Error::Internal(format!("TLS versions: {e}")))?
@@ -51,6 +43,25 @@ pub fn client_config(route: &Route, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>,
         .with_no_client_auth();
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// The trust anchors of a route's `ca` file. Shared with config validation, so `wsgate check`
+/// refuses exactly what serving would; a file without certificates would trust nothing and fail
+/// every handshake, so it is refused too.
+pub(crate) fn read_ca(ca: &Path) -> Result<rustls::RootCertStore, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file: {e}"))?
+    {
+        let cert = cert.map_err(|e| format!("bad PEM certificate: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("unusable CA certificate: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("no CERTIFICATE block in the file".into());
+    }
+    Ok(roots)
 }
 
 /// A connection to an upstream, plain or TLS, without dynamic dispatch on the data path.

@@ -24,7 +24,8 @@ pub fn check(headers: &HeaderMap, opts: &WsOptions) -> Result<(), ClientError> {
     }
 }
 
-/// An Origin header split into scheme, lowercase host and port (explicit or default).
+/// An Origin header split into scheme, lowercase host and port (explicit or default). An IPv6
+/// host is in canonical form without brackets, as `allowed_origins` stores it.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Origin {
     pub scheme: String,
@@ -49,13 +50,17 @@ pub fn parse(value: &str) -> Option<Origin> {
             "" => default_port,
             p => p.strip_prefix(':')?.parse().ok()?,
         };
-        (format!("[{}]", h.to_ascii_lowercase()), port)
+        (h.parse::<std::net::Ipv6Addr>().ok()?.to_string(), port)
     } else {
         match rest.rsplit_once(':') {
             Some((h, p)) => (h.to_ascii_lowercase(), p.parse().ok()?),
             None => (rest.to_ascii_lowercase(), default_port),
         }
     };
+    // Only a bracketed IPv6 literal may hold a colon; `http://::1:80` must not pass for `[::1]`.
+    if host.contains(':') && !rest.starts_with('[') {
+        return None;
+    }
     if host.is_empty() {
         return None;
     }
@@ -132,6 +137,29 @@ mod tests {
         assert!(check(&headers(Some("https://a.b.example.com")), &o).is_ok());
         assert!(check(&headers(Some("https://example.com")), &o).is_err());
         assert!(check(&headers(Some("https://badexample.com")), &o).is_err());
+    }
+
+    #[test]
+    fn ipv6_origins_match_the_configured_form() {
+        let o = opts(vec![pattern("http", "::1", 8080, false)], false);
+        assert!(check(&headers(Some("http://[::1]:8080")), &o).is_ok());
+        assert!(check(&headers(Some("http://[0:0:0:0:0:0:0:1]:8080")), &o).is_ok());
+        assert!(check(&headers(Some("http://[::1]:8081")), &o).is_err());
+        assert!(check(&headers(Some("http://[::2]:8080")), &o).is_err());
+        assert!(check(&headers(Some("http://::1:8080")), &o).is_err());
+        assert!(check(&headers(Some("http://[::1")), &o).is_err());
+        assert!(check(&headers(Some("http://[nope]:8080")), &o).is_err());
+        let o = opts(vec![pattern("https", "fe80::a", 443, false)], false);
+        assert!(check(&headers(Some("https://[FE80::A]")), &o).is_ok());
+    }
+
+    /// The pattern as the config loader makes it, against the header as a browser sends it.
+    #[test]
+    fn a_configured_ipv6_origin_is_allowed() {
+        let yaml = "listen:\n  - address: 127.0.0.1:0\nwebsockets:\n  allowed_origins: [\"http://[::1]:8080\"]\n";
+        let config = crate::config::load_str(yaml, "t.yaml", std::path::Path::new("")).unwrap();
+        assert!(check(&headers(Some("http://[::1]:8080")), &config.websockets).is_ok());
+        assert!(check(&headers(Some("http://[::1]:8081")), &config.websockets).is_err());
     }
 
     #[test]
