@@ -384,15 +384,17 @@ async fn large_binary_frames_stream_through_before_they_end_under_a_new_key() {
 #[tokio::test]
 async fn a_peer_gone_in_the_middle_of_a_streamed_frame_leaves_the_other_leg_without_a_close() {
     // The client vanishes: the app has what was sent, then the end of the stream, no Close
-    // (none can follow a partial frame).
+    // (none can follow a partial frame), at once rather than after `close_timeout` (a minute
+    // here, beyond the test's wait).
     let mut app = spawn_raw_app().await;
-    let gw = relay_to(&app.url()).await;
+    let gw = Gateway::start(&config(&app.url(), "", "    close_timeout: 60s\n")).await;
     let (mut c, mut up) = raw_pair(&gw, &mut app).await;
     let wire = frame(true, 2, MASK, &vec![5u8; 300_000]);
     c.write_all(&wire[..14 + 100_000]).await.unwrap();
     read_exactly(&mut up, 14 + 100_000).await;
     drop(c);
     assert_eq!(read_to_eof(&mut up).await, b"");
+    drop(up);
 
     // The client stalls past the keep-alive timeout: it gets 1001, the app the end of the stream.
     // The first Ping is due after a second, well after the frame has started.

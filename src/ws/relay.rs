@@ -659,8 +659,16 @@ where
                 reading.as_mut().set(next_frame(rd));
             }
         };
-        if let Last::Close(code, reason) = last {
-            let _ = Box::pin(wr.send(Frame::close(code, &reason))).await;
+        match last {
+            Last::Close(code, reason) => {
+                let _ = Box::pin(wr.send(Frame::close(code, &reason))).await;
+            }
+            // Nothing may follow on this writer (its peer is gone, or it stopped inside a
+            // streamed frame): ending the stream tells that peer now, where it would otherwise
+            // wait for the close deadline to drop the connection.
+            Last::Nothing => {
+                let _ = Box::pin(wr.io.shutdown()).await;
+            }
         }
         ctx.stopped.raise().await;
     }
