@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{self, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
 use tracing::{info, info_span, warn, Instrument};
@@ -51,7 +51,18 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
-    let resp = route(&ctx, req).await;
+    // Whatever of a body is left unread when the answer goes out makes hyper close an HTTP/1
+    // connection after it; the client must be told so, or it takes the close for a failure
+    // and loses what it pipelined without knowing why. (HTTP/2 only resets the stream.)
+    let body_pending =
+        req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
+    let mut resp = route(&ctx, req).await;
+    if body_pending
+        && resp.status() != StatusCode::SWITCHING_PROTOCOLS
+        && resp.extensions().get::<BodyForwarded>().is_none()
+    {
+        resp = with_close(resp);
+    }
     // The access log: one line per request (an upgrade's session gets its own line when it ends).
     info!(
         target: "wsgate::access",
@@ -65,7 +76,23 @@ pub async fn handle(
     Ok(resp)
 }
 
+/// Marks an upstream's answer: the request body went on to the upstream, so none of it is left
+/// for hyper to find unread, and the connection may outlive a request that carried one.
+#[derive(Clone, Copy)]
+pub struct BodyForwarded;
+
 async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<Body> {
+    if let Err(why) = settle_host(&mut req) {
+        info!(peer = %ctx.peer, why, "bad request");
+        return with_close(text(StatusCode::BAD_REQUEST, why));
+    }
+    if req.method() == Method::CONNECT {
+        // A gateway to known apps is no tunnel to anywhere; nothing after a CONNECT is a request.
+        return with_close(text(
+            StatusCode::NOT_IMPLEMENTED,
+            "CONNECT is not supported",
+        ));
+    }
     let config = &ctx.snapshot.config;
     let path = req.uri().path();
     if path == config.health_path {
@@ -95,17 +122,10 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
     if !handshake::wants_websocket(&req) {
         return if route.upstreams.is_empty() {
             // An echo-only route: say what it speaks instead of a bare 404.
-            let mut resp = text(
+            upgrade_required(text(
                 StatusCode::UPGRADE_REQUIRED,
                 "this route speaks WebSocket only",
-            );
-            resp.headers_mut()
-                .insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-            resp.headers_mut().insert(
-                header::SEC_WEBSOCKET_VERSION,
-                HeaderValue::from_static("13"),
-            );
-            resp
+            ))
         } else {
             proxy::http::forward(ctx, index, req).await
         };
@@ -399,20 +419,37 @@ impl ConnContext {
     }
 }
 
-/// The Host a request was sent to: the URI authority (HTTP/2, absolute-form) or the Host header.
-pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+/// RFC 9112 3.2: an HTTP/1.1 request names its host in exactly one Host header, and with an
+/// absolute-form target (or HTTP/2's :authority) the target's authority is the host and Host
+/// is replaced by it, so routing, the forwarded Host and X-Forwarded-Host all agree on one.
+/// HTTP/1.0 may omit Host; HTTP/2 carries :authority instead.
+fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    if req.version() == Version::HTTP_11 {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        match (hosts.next(), hosts.next()) {
+            (Some(_), None) => {}
+            (None, _) => return Err("an HTTP/1.1 request needs a Host header"),
+            _ => return Err("more than one Host header"),
+        }
+    }
+    // Userinfo is no part of a host (RFC 9110 4.2.4 forbids it in http URIs).
     let authority = req
         .uri()
         .authority()
-        .map(|a| a.as_str().to_owned())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)?
-                .to_str()
-                .ok()
-                .map(str::to_owned)
-        })?;
-    Some(host_without_port(&authority).to_ascii_lowercase())
+        .and_then(|a| a.as_str().rsplit('@').next())
+        .and_then(|a| HeaderValue::from_str(a).ok());
+    if let Some(authority) = authority {
+        req.headers_mut().insert(header::HOST, authority);
+    }
+    Ok(())
+}
+
+/// The Host a request was sent to, without its port. [`settle_host`] has made the Host header
+/// the one answer (the URI authority, when there is one), so the route is chosen by the same
+/// host the app is told.
+pub fn request_host<B>(req: &Request<B>) -> Option<String> {
+    let authority = req.headers().get(header::HOST)?.to_str().ok()?;
+    Some(host_without_port(authority).to_ascii_lowercase())
 }
 
 /// A refused upgrade. The connection is closed after the answer: bytes the client pipelined
@@ -425,13 +462,23 @@ pub fn refuse(ctx: &ConnContext, e: &ClientError) -> Response<Body> {
         info!(peer = %ctx.peer, error = %e, "bad handshake");
     }
     let mut resp = text(status, &e.to_string());
-    if matches!(e, ClientError::UnsupportedVersion) {
-        resp.headers_mut().insert(
-            header::SEC_WEBSOCKET_VERSION,
-            HeaderValue::from_static("13"),
-        );
+    if status == StatusCode::UPGRADE_REQUIRED {
+        resp = upgrade_required(resp);
     }
     with_close(resp)
+}
+
+/// RFC 9110 15.5.22: a 426 names the protocol to switch to in `Upgrade`, which is hop-by-hop,
+/// so `Connection` must list it; RFC 6455 4.4 adds the one version spoken.
+fn upgrade_required(mut resp: Response<Body>) -> Response<Body> {
+    let headers = resp.headers_mut();
+    headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    headers.insert(
+        header::SEC_WEBSOCKET_VERSION,
+        HeaderValue::from_static("13"),
+    );
+    resp
 }
 
 /// The answer when a relay or passthrough upgrade could not reach its upstream (none healthy,
@@ -457,9 +504,27 @@ pub fn upstream_failed(
     ))
 }
 
+/// Says that the connection ends after this response, keeping any other token `Connection`
+/// already carries (a 426's `upgrade`).
 pub fn with_close(mut resp: Response<Body>) -> Response<Body> {
-    resp.headers_mut()
-        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    let headers = resp.headers_mut();
+    let others: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("close"))
+        .map(str::to_owned)
+        .collect();
+    let value = if others.is_empty() {
+        HeaderValue::from_static("close")
+    } else {
+        // Tokens that came out of a valid value make a valid value.
+        HeaderValue::from_str(&format!("{}, close", others.join(", ")))
+            .unwrap_or(HeaderValue::from_static("close"))
+    };
+    headers.insert(header::CONNECTION, value);
     resp
 }
 
@@ -481,4 +546,48 @@ pub fn full(body: impl Into<Bytes>) -> Body {
 
 pub fn empty() -> Body {
     full(Bytes::new())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn with_close_keeps_the_other_connection_tokens() {
+        let resp = with_close(text(StatusCode::BAD_REQUEST, "x"));
+        assert_eq!(resp.headers()[header::CONNECTION], "close");
+        let resp = with_close(upgrade_required(text(StatusCode::UPGRADE_REQUIRED, "x")));
+        assert_eq!(resp.headers()[header::CONNECTION], "upgrade, close");
+        let again = with_close(resp);
+        assert_eq!(again.headers()[header::CONNECTION], "upgrade, close");
+    }
+
+    #[test]
+    fn host_is_one_header_or_the_targets_authority() {
+        let get = |uri: &str, hosts: &[&str], version| {
+            let mut b = Request::get(uri).version(version);
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            b.body(()).unwrap()
+        };
+        assert!(settle_host(&mut get("/", &[], Version::HTTP_11)).is_err());
+        assert!(settle_host(&mut get("/", &["a", "b"], Version::HTTP_11)).is_err());
+        assert!(settle_host(&mut get("/", &[], Version::HTTP_10)).is_ok());
+        let mut req = get(
+            "http://public.example/x",
+            &["admin.example"],
+            Version::HTTP_11,
+        );
+        settle_host(&mut req).unwrap();
+        assert_eq!(req.headers()[header::HOST], "public.example");
+        assert_eq!(request_host(&req).as_deref(), Some("public.example"));
+        let mut req = get("http://user@public.example:81/", &["x"], Version::HTTP_11);
+        settle_host(&mut req).unwrap();
+        assert_eq!(req.headers()[header::HOST], "public.example:81");
+        assert_eq!(request_host(&req).as_deref(), Some("public.example"));
+        let mut req = get("/x", &["front:8080"], Version::HTTP_11);
+        settle_host(&mut req).unwrap();
+        assert_eq!(req.headers()[header::HOST], "front:8080");
+    }
 }

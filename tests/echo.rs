@@ -254,6 +254,17 @@ async fn bad_handshakes_get_400_or_426_and_the_connection_closes() {
             .contains("sec-websocket-version: 13"),
         "{head}"
     );
+    // RFC 9110 15.5.22: a 426 names what to upgrade to, as a hop-by-hop header Connection lists.
+    assert_eq!(
+        head_header(&head, "upgrade").as_deref(),
+        Some("websocket"),
+        "{head}"
+    );
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("upgrade, close"),
+        "{head}"
+    );
     let rest = String::from_utf8_lossy(&read_to_eof(&mut s).await).into_owned();
     assert!(
         !rest.contains("HTTP/1.1 200"),
@@ -272,8 +283,44 @@ async fn bad_handshakes_get_400_or_426_and_the_connection_closes() {
     // A plain GET on an echo-only route says what the route speaks.
     let (_s, head) = raw_request(gw.addr(), b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&head), 426);
+    assert_eq!(
+        head_header(&head, "upgrade").as_deref(),
+        Some("websocket"),
+        "{head}"
+    );
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("upgrade"),
+        "{head}"
+    );
+    assert_eq!(
+        head_header(&head, "sec-websocket-version").as_deref(),
+        Some("13"),
+        "{head}"
+    );
     let (_s, head) = raw_request(gw.addr(), b"GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n").await;
     assert_eq!(status_of(&head), 404);
+    gw.stop().await;
+}
+
+/// RFC 9112 3.2: an upgrade is an HTTP/1.1 request like any other, so without exactly one Host
+/// it gets 400, not a WebSocket.
+#[tokio::test]
+async fn an_upgrade_without_exactly_one_host_is_400() {
+    let gw = Gateway::start(&config("")).await;
+    let none = UPGRADE.replace("Host: localhost\r\n", "") + "\r\n";
+    let two = format!("{UPGRADE}Host: elsewhere\r\n\r\n");
+    for req in [none, two] {
+        let (mut s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+        assert_eq!(status_of(&head), 400, "{head}");
+        assert_eq!(
+            head_header(&head, "connection").as_deref(),
+            Some("close"),
+            "{head}"
+        );
+        read_to_eof(&mut s).await;
+    }
+    raw_ws(gw.addr(), "/ws").await;
     gw.stop().await;
 }
 

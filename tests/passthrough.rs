@@ -286,3 +286,74 @@ async fn shutdown_closes_tunnels() {
     assert!(app.next_end().await.is_err());
     gw.stop().await;
 }
+
+/// The app behind passthrough learns who the client is exactly as one behind the reverse proxy
+/// does: the same X-Forwarded-* and an entry of ours appended to Forwarded.
+#[tokio::test]
+async fn forwarding_headers_are_the_reverse_proxys() {
+    let mut app = spawn_ws_app(None).await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let req = format!(
+        "{UPGRADE}X-Forwarded-For: 203.0.113.9\r\nForwarded: for=203.0.113.9;proto=https\r\nX-Forwarded-Host: forged.example\r\n\r\n"
+    );
+    let (s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let (_, headers) = app.next_upgrade().await;
+    assert_eq!(headers["x-forwarded-for"], "203.0.113.9, 127.0.0.1");
+    assert_eq!(headers["x-forwarded-proto"], "http");
+    assert_eq!(headers["x-forwarded-host"], "localhost");
+    assert_eq!(
+        headers["forwarded"],
+        "for=203.0.113.9;proto=https, for=127.0.0.1;proto=http;host=localhost"
+    );
+    assert_eq!(headers.get_all("forwarded").iter().count(), 1);
+    drop(s);
+    gw.stop().await;
+}
+
+/// Naming the handshake's own headers in `Connection` does not take them from the app: without
+/// them it could not answer, and the client's slip would be blamed on the app as a 502.
+#[tokio::test]
+async fn connection_tokens_cannot_strip_the_handshake() {
+    let mut app = spawn_ws_app(Some("chat")).await;
+    let gw = Gateway::start(&config(&app.url(), "")).await;
+    let req = UPGRADE.replace(
+        "Connection: Upgrade",
+        "Connection: Upgrade, Host, Sec-WebSocket-Key, Sec-WebSocket-Version, Sec-WebSocket-Protocol, X-Dropped",
+    ) + "Sec-WebSocket-Protocol: chat\r\nX-Dropped: 1\r\n\r\n";
+    let (mut s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    assert!(head.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{head}");
+    let (_, headers) = app.next_upgrade().await;
+    assert_eq!(headers["host"], "localhost");
+    assert_eq!(headers["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+    assert_eq!(headers["sec-websocket-version"], "13");
+    assert_eq!(headers["sec-websocket-protocol"], "chat");
+    assert!(!headers.contains_key("x-dropped"));
+    s.write_all(&frame(true, 1, MASK, b"kept")).await.unwrap();
+    assert_eq!(read_frame(&mut s).await, (true, 1, b"kept".to_vec()));
+    drop(s);
+    gw.stop().await;
+}
+
+/// An app that accepts upgrades but answers too late gets 504s, and is not ejected for it:
+/// passive ejection counts failures to connect only.
+#[tokio::test]
+async fn slow_upgrade_answers_do_not_eject_the_app() {
+    let mut app = spawn_raw_app().await;
+    let yaml = config(&app.url(), "").replace("upstream_timeout: 2s", "upstream_timeout: 300ms");
+    let gw = Gateway::start(&yaml).await;
+    for _ in 0..4 {
+        let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+        let mut up = app.accept().await;
+        read_head(&mut up).await;
+        // Held unanswered until the gateway has given up on it.
+        let (mut c, head) = client.await.unwrap();
+        assert_eq!(status_of(&head), 504, "{head}");
+        read_to_eof(&mut c).await;
+        drop(up);
+    }
+    let (c, up) = raw_pair(&gw, &mut app).await;
+    drop((c, up));
+    gw.stop().await;
+}

@@ -372,3 +372,251 @@ async fn https_upstream_verified_against_the_route_ca() {
     assert_eq!(status, 502, "{body}");
     gw.stop().await;
 }
+
+/// An app answering in raw bytes, for answers hyper's own server would never give: each request
+/// head on a connection gets `answer(head)`, or with `None` the connection is closed unanswered.
+/// Returns the address and the heads read, in order.
+async fn spawn_scripted_app(
+    answer: fn(&str) -> Option<&'static [u8]>,
+) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                loop {
+                    let mut buf = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !buf.ends_with(b"\r\n\r\n") {
+                        match s.read(&mut byte).await {
+                            Ok(1) => buf.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&buf).into_owned();
+                    seen.lock().unwrap().push(head.clone());
+                    match answer(&head) {
+                        Some(bytes) if s.write_all(bytes).await.is_ok() => {}
+                        _ => return,
+                    }
+                }
+            });
+        }
+    });
+    (addr, heads)
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// RFC 9112 6.3: an upstream response framed by both headers is read by Transfer-Encoding, and
+/// must reach the client framed the same way, whole, with no stale Content-Length.
+#[tokio::test]
+async fn transfer_encoding_wins_over_content_length_from_the_upstream() {
+    let (app, _) = spawn_scripted_app(|head| {
+        Some(if head.starts_with("GET /both ") {
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        } else {
+            OK
+        })
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
+    // A second request pipelined behind: a response cut short would leave the rest of its body
+    // to be read as the next response.
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET /both HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /after HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(head_header(&head, "content-length"), None, "{head}");
+    assert_eq!(
+        head_header(&head, "transfer-encoding").as_deref(),
+        Some("chunked"),
+        "{head}"
+    );
+    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let (body, after) = rest.split_once("0\r\n\r\n").expect("a whole chunked body");
+    assert_eq!(body, "5\r\nhello\r\n", "{rest}");
+    assert!(after.starts_with("HTTP/1.1 200 "), "{rest}");
+    assert!(after.ends_with("\r\n\r\nok"), "{rest}");
+    gw.stop().await;
+}
+
+/// RFC 9112 3.2.2: with an absolute-form target, its authority is the host; the Host header is
+/// replaced by it, so the route chosen and the Host the app sees cannot disagree.
+#[tokio::test]
+async fn an_absolute_form_target_is_the_host_for_routing_and_forwarding() {
+    let app_addr = spawn_http_app(None, app).await;
+    let yaml = format!(
+        "listen:\n{}routes:\n  - path: /\n    host: public.example.com\n    upstreams:\n      - http://{app_addr}\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET http://public.example.com/echo HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let (_, h) = parse_echo(&body);
+    assert_eq!(header(&h, "host"), Some("public.example.com"), "{body}");
+    assert_eq!(
+        header(&h, "x-forwarded-host"),
+        Some("public.example.com"),
+        "{body}"
+    );
+    assert_eq!(
+        header(&h, "forwarded"),
+        Some("for=127.0.0.1;proto=http;host=public.example.com"),
+        "{body}"
+    );
+    // The other way round: the target names a host no route serves, whatever Host says.
+    let (_s, head) = raw_request(
+        gw.addr(),
+        b"GET http://admin.example.com/echo HTTP/1.1\r\nHost: public.example.com\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 404, "{head}");
+    gw.stop().await;
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without exactly one Host is refused with 400 before it is
+/// routed, on a proxied route and on the gateway's own endpoints alike; HTTP/1.0 may omit it.
+#[tokio::test]
+async fn http11_without_exactly_one_host_is_400() {
+    let app = spawn_recording_app().await;
+    let gw = Gateway::start(&config(&format!("http://{}", app.addr), "")).await;
+    for req in [
+        &b"GET /x HTTP/1.1\r\n\r\n"[..],
+        b"GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\n\r\n",
+        b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+    ] {
+        let (mut s, head) = raw_request(gw.addr(), req).await;
+        assert_eq!(status_of(&head), 400, "{head}");
+        assert_eq!(
+            head_header(&head, "connection").as_deref(),
+            Some("close"),
+            "{head}"
+        );
+        read_to_eof(&mut s).await;
+    }
+    assert!(
+        app.heads.lock().unwrap().is_empty(),
+        "a request reached the app"
+    );
+    let (_s, head) = raw_request(gw.addr(), b"GET /healthz HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let (_s, head) = raw_request(gw.addr(), b"GET /x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    gw.stop().await;
+}
+
+/// A 101 the client never asked for would leave it on a connection that speaks nothing it
+/// knows: it gets 502, and what it pipelined behind is still served.
+#[tokio::test]
+async fn an_unasked_101_from_the_upstream_is_502() {
+    let (app, _) = spawn_scripted_app(|head| {
+        Some(if head.starts_with("GET /switch ") {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
+        } else {
+            OK
+        })
+    })
+    .await;
+    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET /switch HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /after HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let second = rest.split_once("HTTP/1.1 ").map(|(_, r)| r).unwrap_or("");
+    assert!(second.starts_with("200 "), "{rest}");
+    assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
+    gw.stop().await;
+}
+
+/// A gateway in front of known apps is no tunnel to anywhere: CONNECT is answered, never sent on.
+#[tokio::test]
+async fn connect_is_501_and_never_forwarded() {
+    let app = spawn_recording_app().await;
+    let gw = Gateway::start(&config(&format!("http://{}", app.addr), "")).await;
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 501, "{head}");
+    assert_eq!(head_header(&head, "connection").as_deref(), Some("close"));
+    read_to_eof(&mut s).await;
+    assert!(app.heads.lock().unwrap().is_empty());
+    gw.stop().await;
+}
+
+/// When a request body is left unread, hyper closes the connection after the answer; the
+/// answer must say so.
+#[tokio::test]
+async fn an_answer_that_leaves_a_body_unread_says_connection_close() {
+    let dead = closed_port_addr();
+    let gw = Gateway::start(&config(&format!("http://{dead}"), "")).await;
+    // Half of the announced body: the rest is still on its way when the 502 goes out.
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n12345",
+    )
+    .await;
+    assert_eq!(status_of(&head), 502, "{head}");
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_to_eof(&mut s).await;
+    // The same for the gateway's own answers.
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"POST /healthz HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_to_eof(&mut s).await;
+    // Without a body the connection stays open for the next request.
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET /healthz HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /healthz HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(head_header(&head, "connection"), None, "{head}");
+    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    assert!(rest.contains("HTTP/1.1 200 "), "{rest}");
+    gw.stop().await;
+}
+
+/// Passive ejection is for upstreams that cannot be reached. An app that accepts and then hangs
+/// up on one path is answered 502 there, but keeps serving the route's other requests.
+#[tokio::test]
+async fn an_app_that_drops_requests_is_not_ejected() {
+    let (app, _) = spawn_scripted_app(|head| (!head.starts_with("GET /drop ")).then_some(OK)).await;
+    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
+    for _ in 0..5 {
+        let (status, _, body) = http_get(gw.addr(), "/drop", &[]).await;
+        assert_eq!(status, 502, "{body}");
+    }
+    let (status, _, body) = http_get(gw.addr(), "/fine", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    gw.stop().await;
+}

@@ -552,6 +552,8 @@ async fn unreachable_app_gets_502_then_503_once_ejected_and_never_101() {
     gw.stop().await;
 }
 
+/// A silent app gets 504s, and is not ejected for them: it accepted every connection, and
+/// passive ejection counts failures to connect only.
 #[tokio::test]
 async fn silent_app_gets_504() {
     let mut app = spawn_raw_app().await;
@@ -559,11 +561,15 @@ async fn silent_app_gets_504() {
         &config(&app.url(), "", "").replace("upstream_timeout: 2s", "upstream_timeout: 300ms"),
     )
     .await;
-    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
-    let up = app.accept().await;
-    let (_s, head) = client.await.unwrap();
-    assert_eq!(status_of(&head), 504, "{head}");
-    drop(up);
+    for _ in 0..4 {
+        let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+        let up = app.accept().await;
+        let (_s, head) = client.await.unwrap();
+        assert_eq!(status_of(&head), 504, "{head}");
+        drop(up);
+    }
+    let (c, up) = raw_pair(&gw, &mut app).await;
+    drop((c, up));
     gw.stop().await;
 }
 

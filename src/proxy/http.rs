@@ -5,16 +5,14 @@
 //! bounded by hyper's buffers, not by body size.
 
 use std::error::Error as StdError;
-use std::fmt::Write as _;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
@@ -24,10 +22,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-use super::strip_hop_by_hop;
+use super::{add_forwarding_headers, canonical, strip_hop_by_hop};
 use crate::config::{Balance, Route, Upstream};
 use crate::error::{Error, UpstreamError};
-use crate::service::{text, Body, BoxError, ConnContext};
+use crate::service::{text, Body, BodyForwarded, BoxError, ConnContext};
 use crate::upstream::{self, connect, Lease, STICKY_COOKIE};
 
 /// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers
@@ -123,7 +121,12 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
             let failure = classify(&e);
             match &failure {
                 Failure::Upstream(kind) => {
-                    lease.report_failure();
+                    // Only a connection that could not be made says the upstream is down; an app
+                    // that accepted and then broke off is answered 502 but stays in rotation
+                    // (its own bug would otherwise take the whole route out).
+                    if e.is_connect() {
+                        lease.report_failure();
+                    }
                     log_failure(route, lease.upstream(), kind);
                     return upstream_error_response(kind);
                 }
@@ -147,11 +150,27 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
         }
     };
     lease.report_success();
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+        // The request went without Upgrade (hop-by-hop), so no switch was asked for: passing the
+        // 101 on would leave the client with a connection that speaks nothing it knows.
+        let upstream = &lease.upstream().url;
+        warn!(route = %route.path, %upstream, "upstream answered 101 to a plain request");
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "upstream switched protocols unasked",
+        );
+    }
     let set_cookie = (upstreams.set.balance() == Balance::Cookie
         && sticky.as_deref() != Some(lease.target.id.as_str()))
     .then(|| sticky_set_cookie(&lease.target.id));
 
     let (mut parts, body) = resp.into_parts();
+    // RFC 9112 6.3: with Transfer-Encoding, Content-Length means nothing. hyper decoded the body
+    // by the former, and hop-by-hop stripping drops it; a Content-Length left alone would frame
+    // that body for the client, cutting it short and desyncing the connection.
+    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
+        parts.headers.remove(header::CONTENT_LENGTH);
+    }
     strip_hop_by_hop(&mut parts.headers);
     if let Some(cookie) = set_cookie {
         parts.headers.append(header::SET_COOKIE, cookie);
@@ -163,6 +182,7 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
         inner: body,
         lease: Some(lease),
     };
+    parts.extensions.insert(BodyForwarded);
     Response::from_parts(parts, body.boxed())
 }
 
@@ -187,7 +207,7 @@ fn build_request(
     if let Some(host) = &host {
         headers.insert(header::HOST, host.clone());
     }
-    add_forwarding_headers(&mut headers, ctx.peer, ctx.tls, host.as_ref());
+    add_forwarding_headers(&mut headers, ctx.peer.ip(), ctx.tls, host.as_ref());
 
     let mut out = Request::new(body);
     *out.method_mut() = parts.method;
@@ -218,82 +238,6 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, http::Error> {
         upstream.port, upstream.base_path
     );
     Ok(Uri::try_from(full)?)
-}
-
-/// X-Forwarded-For (appended to), X-Forwarded-Proto and -Host (ours: a client could forge
-/// them, and we are the one that saw the connection), and RFC 7239 Forwarded (appended to).
-fn add_forwarding_headers(
-    headers: &mut HeaderMap,
-    peer: SocketAddr,
-    tls: bool,
-    host: Option<&HeaderValue>,
-) {
-    let ip = canonical(peer.ip());
-    let proto = if tls { "https" } else { "http" };
-
-    let xff = append_list(headers, "x-forwarded-for", &ip.to_string());
-    headers.insert("x-forwarded-for", xff);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static(proto));
-    match host {
-        Some(h) => {
-            headers.insert("x-forwarded-host", h.clone());
-        }
-        None => {
-            headers.remove("x-forwarded-host");
-        }
-    }
-
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node};proto={proto}");
-    if let Some(host) = host.and_then(|h| h.to_str().ok()) {
-        let _ = write!(element, ";host={}", forwarded_value(host));
-    }
-    let forwarded = append_list(headers, header::FORWARDED.as_str(), &element);
-    headers.insert(header::FORWARDED, forwarded);
-}
-
-/// All values of a list header joined with `, `, then `item`, as one header value.
-fn append_list(headers: &HeaderMap, name: &str, item: &str) -> HeaderValue {
-    let mut joined = String::new();
-    for v in headers.get_all(name) {
-        if let Ok(s) = v.to_str() {
-            let s = s.trim();
-            if !s.is_empty() {
-                joined.push_str(s);
-                joined.push_str(", ");
-            }
-        }
-    }
-    joined.push_str(item);
-    // Only visible ASCII went in (to_str succeeded, and item is ours), so this cannot fail.
-    HeaderValue::from_str(&joined).unwrap_or_else(|_| HeaderValue::from_static(""))
-}
-
-/// An RFC 7239 value: a token as is, anything else (a host with a port) as a quoted-string.
-fn forwarded_value(s: &str) -> String {
-    let tchar = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
-    if !s.is_empty() && s.chars().all(tchar) {
-        return s.to_string();
-    }
-    let mut quoted = String::with_capacity(s.len() + 2);
-    quoted.push('"');
-    for c in s.chars() {
-        if c == '"' || c == '\\' {
-            quoted.push('\\');
-        }
-        quoted.push(c);
-    }
-    quoted.push('"');
-    quoted
-}
-
-/// IPv4 clients of a dual-stack listener show up as `::ffff:a.b.c.d`; apps and ip_hash should
-/// see the IPv4 address they know.
-fn canonical(ip: IpAddr) -> IpAddr {
-    ip.to_canonical()
 }
 
 fn sticky_set_cookie(id: &str) -> HeaderValue {
@@ -416,6 +360,8 @@ impl hyper::body::Body for LeasedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderMap;
+    use std::net::SocketAddr;
 
     fn upstream(host: &str, base: &str, tls: bool) -> Upstream {
         Upstream {
@@ -473,7 +419,7 @@ mod tests {
         h.insert("forwarded", "for=10.0.0.1".parse().unwrap());
         let host = HeaderValue::from_static("example.com:8443");
         let peer: SocketAddr = "[2001:db8::7]:5000".parse().unwrap();
-        add_forwarding_headers(&mut h, peer, true, Some(&host));
+        add_forwarding_headers(&mut h, peer.ip(), true, Some(&host));
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 2001:db8::7");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "example.com:8443");
@@ -486,7 +432,7 @@ mod tests {
         let mapped: SocketAddr = "[::ffff:192.0.2.9]:1".parse().unwrap();
         add_forwarding_headers(
             &mut h,
-            mapped,
+            mapped.ip(),
             false,
             Some(&HeaderValue::from_static("a.b")),
         );

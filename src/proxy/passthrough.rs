@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
 
-use super::strip_hop_by_hop;
+use super::{add_forwarding_headers, strip_hop_by_hop, strip_hop_by_hop_keeping};
 use crate::buffer::{poll_read_lent, Filled, Turn, COPY_CHUNK};
 use crate::error::UpstreamError;
 use crate::service::{
@@ -25,11 +25,21 @@ use crate::service::{
 };
 use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
-use crate::upstream::handshake::{check_upgrade_response, send_upgrade, set_forwarded, target_uri};
+use crate::upstream::handshake::{check_upgrade_response, send_upgrade, target_uri};
 use crate::upstream::sticky_cookie;
 use crate::wake::{Admit, Gate};
 use crate::ws::handshake::accept_key;
 use crate::ws::session::{CloseRequest, ClosedBy, SessionEnd};
+
+/// What the app needs of the client's handshake, so kept even when the client's `Connection`
+/// names them (which would otherwise make them hop-by-hop).
+static HANDSHAKE: [HeaderName; 5] = [
+    header::HOST,
+    header::SEC_WEBSOCKET_KEY,
+    header::SEC_WEBSOCKET_VERSION,
+    header::SEC_WEBSOCKET_PROTOCOL,
+    header::SEC_WEBSOCKET_EXTENSIONS,
+];
 
 /// The app's headers a 101 carries back: what the client's WebSocket needs, and cookies.
 static UPGRADE_ANSWER: [HeaderName; 4] = [
@@ -72,9 +82,11 @@ pub async fn handle(
     let on_client_upgrade = hyper::upgrade::on(&mut req);
 
     let deadline = tokio::time::Instant::now() + route.upstream_timeout;
+    let mut connected = false;
     let answered = tokio::time::timeout_at(deadline, async {
         let forwarded = upstream_request(&req, upstream, ctx)?;
         let stream = connect(upstream, upstreams.ws_tls.as_ref(), route.upstream_timeout).await?;
+        connected = true;
         let mut resp = send_upgrade(stream, forwarded).await?;
         if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
             return Ok(Answer::Refused(resp));
@@ -106,7 +118,9 @@ pub async fn handle(
             return relayed_refusal(resp);
         }
         Err(e) => {
-            if !matches!(e, UpstreamError::UpgradeRefused(_)) {
+            // Only a connection that could not be made counts towards ejection: an app that is
+            // slow to answer or answers wrongly is reachable, and still gets 502/504 here.
+            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
             return upstream_failed(ctx, &route.path, "passthrough", &upstream.url, e);
@@ -159,20 +173,22 @@ enum Answer {
 }
 
 /// The client's upgrade as the app should see it: same Host and end-to-end headers, the route's
-/// base path, hop-by-hop headers dropped (with anything the client's Connection header names),
-/// and exactly `Upgrade: websocket`, so no other protocol (h2c) is ever asked of the app.
+/// base path, hop-by-hop headers dropped (with anything the client's Connection header names,
+/// except the handshake's own), the forwarding headers the reverse proxy adds, and exactly
+/// `Upgrade: websocket`, so no other protocol (h2c) is ever asked of the app.
 fn upstream_request(
     req: &Request<Incoming>,
     upstream: &crate::config::Upstream,
     ctx: &ConnContext,
 ) -> Result<Request<Empty<Bytes>>, UpstreamError> {
     let mut headers = req.headers().clone();
-    strip_hop_by_hop(&mut headers);
+    strip_hop_by_hop_keeping(&mut headers, &HANDSHAKE);
     // The upgrade has no body, whatever the client announced.
     headers.remove(header::CONTENT_LENGTH);
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    set_forwarded(&mut headers, req.headers(), ctx.peer.ip(), ctx.tls);
+    let host = req.headers().get(header::HOST).cloned();
+    add_forwarding_headers(&mut headers, ctx.peer.ip(), ctx.tls, host.as_ref());
     let mut forwarded = Request::get(target_uri(upstream, req.uri())?)
         .body(Empty::new())
         .expect("GET with a parsed URI");

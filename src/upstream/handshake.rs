@@ -26,8 +26,6 @@ use crate::error::UpstreamError;
 use crate::ws::handshake::{accept_key, header_has_token, offered_protocols};
 
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Whether the upstream really switched to WebSocket for the key we sent. Anything else means
 /// no tunnel: the connection is then only good for relaying that one answer, if at all.
@@ -76,32 +74,17 @@ pub fn upstream_host(upstream: &Upstream) -> String {
     }
 }
 
-/// Sets X-Forwarded-For (the client's chain with the peer appended), -Proto and -Host, so the
-/// app sees who connected and how, as it would behind any reverse proxy.
+/// Sets X-Forwarded-For, -Proto and -Host and Forwarded on a request wsgate makes in its own
+/// name (relay): the client's chains, extended exactly as the reverse proxy and passthrough
+/// extend them, so an app sees the same whichever mode a route uses.
 pub fn set_forwarded(out: &mut HeaderMap, client: &HeaderMap, peer: IpAddr, tls: bool) {
-    let mut chain: Vec<String> = client
-        .get_all(&X_FORWARDED_FOR)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(|v| v.trim().to_owned())
-        .filter(|v| !v.is_empty())
-        .collect();
-    chain.push(peer.to_string());
-    if let Ok(v) = HeaderValue::from_str(&chain.join(", ")) {
-        out.insert(X_FORWARDED_FOR, v);
-    }
-    out.insert(
-        X_FORWARDED_PROTO,
-        HeaderValue::from_static(if tls { "https" } else { "http" }),
-    );
-    match client.get(header::HOST) {
-        Some(host) => {
-            out.insert(X_FORWARDED_HOST, host.clone());
-        }
-        None => {
-            out.remove(X_FORWARDED_HOST);
+    for name in [X_FORWARDED_FOR, header::FORWARDED] {
+        out.remove(&name);
+        for v in client.get_all(&name) {
+            out.append(name.clone(), v.clone());
         }
     }
+    crate::proxy::add_forwarding_headers(out, peer, tls, client.get(header::HOST));
 }
 
 /// Sends one upgrade request on a fresh HTTP/1.1 connection and returns the answer's head.
@@ -294,5 +277,9 @@ mod tests {
         assert_eq!(out["x-forwarded-for"], "203.0.113.7, 10.0.0.2");
         assert_eq!(out["x-forwarded-proto"], "https");
         assert_eq!(out["x-forwarded-host"], "front.example:8443");
+        assert_eq!(
+            out["forwarded"],
+            "for=10.0.0.2;proto=https;host=\"front.example:8443\""
+        );
     }
 }

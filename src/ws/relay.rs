@@ -152,8 +152,10 @@ pub async fn handle(
     };
     let upstream = lease.upstream();
     let deadline = tokio::time::Instant::now() + route.upstream_timeout;
+    let mut connected = false;
     let opened = tokio::time::timeout_at(deadline, async {
         let stream = connect(upstream, upstreams.ws_tls.as_ref(), route.upstream_timeout).await?;
+        connected = true;
         open_websocket(
             stream,
             upstream,
@@ -172,9 +174,9 @@ pub async fn handle(
             socket
         }
         Err(e) => {
-            // An app that answered, even with a refusal, is reachable: only failures to talk
-            // to it count towards ejection.
-            if !matches!(e, UpstreamError::UpgradeRefused(_)) {
+            // An app that accepted the connection is reachable, however slow or wrong its
+            // answer: only failures to connect count towards ejection.
+            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
             return upstream_failed(ctx, &route.path, "relay", &upstream.url, e);
