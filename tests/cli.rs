@@ -162,7 +162,7 @@ fn check_refuses_what_run_would_at_its_key() {
     );
     let err = check("listen:\n  - address: 0.0.0.0:8080\n  - address: 127.0.0.1:8080\n");
     assert!(
-        err.contains("gw.yaml:3:14: listen[1].address: listen address 127.0.0.1:8080 overlaps 0.0.0.0:8080 at line 2"),
+        err.contains("gw.yaml:3:14: listen[1].address: listen address 127.0.0.1:8080 overlaps listen address 0.0.0.0:8080 at line 2"),
         "{err}"
     );
     let err = check("listen:\n  - address: 0.0.0.0:8080\nadmin:\n  address: 127.0.0.1:8080\n");

@@ -804,23 +804,10 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             let map = f.map(&[ADMIN_KEYS])?;
             let field = map.required("address")?;
             let address = field.parse(listen_address)?;
-            if let Some(l) = listen.iter().find(|l| overlap(l.address, address)) {
-                let message = if l.address == address {
-                    format!(
-                        "admin address {address} is also the listen address at line {}",
-                        l.line
-                    )
-                } else {
-                    format!(
-                        "admin address {address} overlaps listen address {} at line {} ({})",
-                        l.address,
-                        l.line,
-                        why_overlap(l.address, address)
-                    )
-                };
-                return Err(field.error(message));
+            match clash(&listen, address, "admin address") {
+                Some(message) => Err(field.error(message)),
+                None => Ok(address),
             }
-            Ok(address)
         })?,
         listen,
         log: LogOptions {
@@ -844,20 +831,7 @@ fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
         let map = item.map(&[LISTEN_KEYS])?;
         let address_field = map.required("address")?;
         let address = address_field.parse(listen_address)?;
-        if let Some(l) = listeners.iter().find(|l| overlap(l.address, address)) {
-            let message = if l.address == address {
-                format!(
-                    "duplicate listen address {address} (already listed at line {})",
-                    l.line
-                )
-            } else {
-                format!(
-                    "listen address {address} overlaps {} at line {} ({})",
-                    l.address,
-                    l.line,
-                    why_overlap(l.address, address)
-                )
-            };
+        if let Some(message) = clash(&listeners, address, "listen address") {
             return Err(address_field.error(message));
         }
         let tls = map.opt("tls", |f| tls_options(f, base_dir))?;
@@ -870,6 +844,24 @@ fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
         });
     }
     Ok(listeners)
+}
+
+/// Why `address` (`what`) cannot be bound beside the listeners already listed, if it cannot.
+fn clash(listeners: &[Listener], address: SocketAddr, what: &str) -> Option<String> {
+    let l = listeners.iter().find(|l| overlap(l.address, address))?;
+    Some(if l.address == address {
+        format!(
+            "{what} {address} is already taken by the listen address at line {}",
+            l.line
+        )
+    } else {
+        format!(
+            "{what} {address} overlaps listen address {} at line {} ({})",
+            l.address,
+            l.line,
+            why_overlap(l.address, address)
+        )
+    })
 }
 
 /// Whether binding both addresses would fail: the same port where one address includes the
@@ -2069,7 +2061,7 @@ routes:
             3,
             14,
             "listen[1].address",
-            "duplicate listen address 127.0.0.1:5000 (already listed at line 2)",
+            "listen address 127.0.0.1:5000 is already taken by the listen address at line 2",
         );
         let e = err("listen:\n  - address: 5000\n");
         assert_err(&e, 2, 14, "listen[0].address", "use ip:port");
@@ -2412,24 +2404,24 @@ routes:
             (
                 "0.0.0.0:8080",
                 "127.0.0.1:8080",
-                "127.0.0.1:8080 overlaps 0.0.0.0:8080 at line 2 (a wildcard address",
+                "127.0.0.1:8080 overlaps listen address 0.0.0.0:8080 at line 2 (a wildcard address",
             ),
             (
                 "127.0.0.1:8080",
                 "0.0.0.0:8080",
-                "0.0.0.0:8080 overlaps 127.0.0.1:8080 at line 2",
+                "0.0.0.0:8080 overlaps listen address 127.0.0.1:8080 at line 2",
             ),
             (
                 "0.0.0.0:8080",
                 "'[::]:8080'",
-                "[::]:8080 overlaps 0.0.0.0:8080 at line 2 ([::] also takes the port on IPv4)",
+                "[::]:8080 overlaps listen address 0.0.0.0:8080 at line 2 ([::] also takes the port on IPv4)",
             ),
             (
                 "'[::]:8080'",
                 "10.0.0.1:8080",
-                "10.0.0.1:8080 overlaps [::]:8080 at line 2 ([::] also",
+                "10.0.0.1:8080 overlaps listen address [::]:8080 at line 2 ([::] also",
             ),
-            ("'[::1]:8080'", "'[::]:8080'", "overlaps [::1]:8080"),
+            ("'[::1]:8080'", "'[::]:8080'", "overlaps listen address [::1]:8080"),
             (
                 "127.0.0.1:8080",
                 "'[::ffff:127.0.0.1]:8080'",
@@ -2457,7 +2449,7 @@ routes:
             4,
             12,
             "admin.address",
-            "admin address 127.0.0.1:8080 is also the listen address at line 2",
+            "admin address 127.0.0.1:8080 is already taken by the listen address at line 2",
         );
         let e = err("listen:\n  - address: '[::]:9090'\nadmin:\n  address: localhost:9090\n");
         assert_err(
