@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{header, Request, Response, StatusCode};
+use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -78,6 +78,17 @@ fn answer(
     shutdown: &Shutdown,
     started: Instant,
 ) -> Response<Body> {
+    let known = matches!(req.uri().path(), "/metrics" | "/status" | "/");
+    if known && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        // Everything here is read-only: a POST that seemed to do something would mislead.
+        let mut resp = text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "admin pages take GET or HEAD",
+        );
+        resp.headers_mut()
+            .insert(header::ALLOW, header::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
     match req.uri().path() {
         "/metrics" => {
             // Health flags live on the snapshot's targets; copy them in at scrape time rather
@@ -88,7 +99,7 @@ fn answer(
                     for t in &ups.set.targets {
                         state
                             .metrics
-                            .upstream_health(&route.path, &t.upstream.url, t.is_healthy());
+                            .upstream_health(&route.path, &t.upstream.url, t.in_service());
                     }
                 }
             }
@@ -150,7 +161,7 @@ fn status_json(state: &State, shutdown: &Shutdown, started: Instant) -> String {
                 "{sep}{{\"route\":{},\"url\":{},\"healthy\":{},\"active\":{}}}",
                 json_string(&route.path),
                 json_string(&t.upstream.url),
-                t.is_healthy(),
+                t.in_service(),
                 t.active()
             );
         }

@@ -113,6 +113,9 @@ impl ClientError {
 pub enum UpstreamError {
     #[error("connect failed: {0}")]
     Connect(#[source] io::Error),
+    /// Connected, but the exchange broke off or the answer was not HTTP.
+    #[error("no valid answer: {0}")]
+    Answer(#[source] io::Error),
     #[error("timed out")]
     Timeout,
     #[error("TLS: {0}")]

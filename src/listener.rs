@@ -6,7 +6,7 @@
 //! cover while the auto builder is still sniffing for HTTP/2), and each request head after that.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -151,7 +151,6 @@ async fn serve_connection(a: Accepted) {
         shutdown,
         metrics,
         limiter,
-        started: AtomicBool::new(false),
     });
     match tls {
         None => {
@@ -161,7 +160,7 @@ async fn serve_connection(a: Accepted) {
             };
             match sniffed {
                 Ok(Ok(Sniffed::Http1)) => serve_http1(stream, ctx).await,
-                Ok(Ok(Sniffed::MaybeHttp2)) => serve_http(stream, ctx, watcher).await,
+                Ok(Ok(Sniffed::MaybeHttp2)) => serve_http(stream, ctx, watcher, false).await,
                 Ok(Ok(Sniffed::Closed)) => {}
                 Ok(Err(e)) => debug!(error = %e, "reading the first request failed"),
                 Err(_) => debug!("no request within the header timeout; closing"),
@@ -171,7 +170,7 @@ async fn serve_connection(a: Accepted) {
             match tokio::time::timeout(http.tls_handshake_timeout, acceptor.accept(stream)).await {
                 // RFC 9113 §3.2: HTTP/2 over TLS is chosen by ALPN, so anything else is HTTP/1.
                 Ok(Ok(tls_stream)) if tls_stream.get_ref().1.alpn_protocol() == Some(b"h2") => {
-                    serve_http(tls_stream, ctx, watcher).await
+                    serve_http(tls_stream, ctx, watcher, true).await
                 }
                 Ok(Ok(tls_stream)) => serve_http1(tls_stream, ctx).await,
                 Ok(Err(e)) => debug!(error = %e, "TLS handshake failed"),
@@ -241,7 +240,13 @@ where
     }
 }
 
-async fn serve_http<I>(io: I, ctx: Arc<ConnContext>, watcher: Watcher)
+/// A connection that may speak HTTP/2 (a plain one that began with its preface, a TLS one
+/// that chose h2 by ALPN, which then speaks nothing else). hyper's HTTP/2 server has no header
+/// or idle timeout, so a client could hold the connection with one request and then silence,
+/// or a header block that never ends: here a connection with no request open for
+/// `header_read_timeout` is shut down gracefully (GOAWAY; a response still streaming goes on)
+/// and dropped after as long again if it has not finished by then.
+async fn serve_http<I>(io: I, ctx: Arc<ConnContext>, watcher: Watcher, h2_only: bool)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -257,25 +262,143 @@ where
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(http.max_header_size as u32);
+    let activity = Arc::new(Activity::default());
     let svc_ctx = ctx.clone();
-    let service = service_fn(move |req| service::handle(svc_ctx.clone(), req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    let conn = watcher.watch(conn.into_owned());
-    tokio::pin!(conn);
-    let first_request = tokio::time::sleep(http.header_read_timeout);
-    tokio::pin!(first_request);
-    let result = loop {
-        tokio::select! {
-            r = &mut conn => break r,
-            _ = &mut first_request, if !ctx.started.load(Ordering::Relaxed) => {
-                if !ctx.started.load(Ordering::Relaxed) {
-                    debug!("no request within the header timeout; closing");
-                    return;
-                }
-            }
+    let svc_activity = activity.clone();
+    let service = service_fn(move |req| {
+        let open = Open::new(svc_activity.clone());
+        let answered = service::handle(svc_ctx.clone(), req);
+        async move {
+            let resp = answered.await?;
+            Ok::<_, std::convert::Infallible>(
+                resp.map(|body| service::Body::new(Tracked { body, _open: open })),
+            )
         }
-    };
-    if let Err(e) = result {
-        debug!(error = %e, "connection ended with an error");
+    });
+    let timeout = http.header_read_timeout;
+    // Runs a connection to its end, starting its graceful shutdown when listeners stop
+    // accepting or when it has had no request open for `timeout`, and dropping it `timeout`
+    // after that. A macro, as the two connection types share no trait a generic async fn
+    // could take (hyper-util's `GracefulConnection` trips the check that the task is `Send`).
+    macro_rules! drive {
+        ($conn:expr) => {{
+            let conn = $conn;
+            tokio::pin!(conn);
+            // Held until the connection ends, so the server's GracefulShutdown waits for it;
+            // the graceful shutdown itself is started here, as `serve_http1` does, so that
+            // idleness can start it too.
+            let _watched = watcher;
+            let stopping = ctx.shutdown.accepting_stopped().clone();
+            let idle = tokio::time::sleep(timeout);
+            tokio::pin!(idle);
+            let mut closing = false;
+            let result = loop {
+                tokio::select! {
+                    r = &mut conn => break r,
+                    _ = stopping.cancelled(), if !closing => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
+                    _ = &mut idle => {
+                        if closing {
+                            debug!("connection open a header timeout after its shutdown; dropping it");
+                            return;
+                        }
+                        match activity.idle_until(timeout) {
+                            Some(until) => idle.as_mut().reset(until),
+                            None => {
+                                debug!("no request open within the header timeout; closing");
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                                idle.as_mut().reset(tokio::time::Instant::now() + timeout);
+                            }
+                        }
+                    }
+                }
+            };
+            if let Err(e) = result {
+                debug!(error = %e, "connection ended with an error");
+            }
+        }};
+    }
+    if h2_only {
+        // The auto builder's `http2_only` is ignored with upgrades, and an h2 connection has
+        // none to serve.
+        let builder = builder.http2_only();
+        let conn = builder.serve_connection(TokioIo::new(io), service);
+        drive!(conn);
+    } else {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+        drive!(conn);
+    }
+}
+
+/// Requests of one connection whose responses have not ended, and when the last one did.
+struct Activity {
+    open: std::sync::atomic::AtomicUsize,
+    since: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self {
+            open: Default::default(),
+            since: std::sync::Mutex::new(tokio::time::Instant::now()),
+        }
+    }
+}
+
+impl Activity {
+    /// When the connection will have been idle for `timeout`, if it is not already.
+    fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        if self.open.load(Ordering::Relaxed) > 0 {
+            return Some(now + timeout);
+        }
+        let until = *self.since.lock().unwrap_or_else(|p| p.into_inner()) + timeout;
+        (until > now).then_some(until)
+    }
+}
+
+/// One request counted open until its response body is dropped (ended or abandoned).
+struct Open(Arc<Activity>);
+
+impl Open {
+    fn new(activity: Arc<Activity>) -> Self {
+        activity.open.fetch_add(1, Ordering::Relaxed);
+        Self(activity)
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A response body that keeps its request counted open.
+struct Tracked {
+    body: service::Body,
+    _open: Open,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = bytes::Bytes;
+    type Error = service::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }

@@ -92,7 +92,8 @@ impl Snapshot {
     /// it: a fresh token per snapshot would reach only those accepted since the last reload.
     fn inherit_route_tokens(&mut self, old: &Snapshot) {
         for (index, route) in self.config.routes.iter().enumerate() {
-            if let Some(at) = old.config.routes.iter().position(|r| same_route(r, route)) {
+            let found = old.config.routes.iter().position(|r| same_route(r, route));
+            if let Some(at) = found.filter(|&at| !old.route_closing[at].is_cancelled()) {
                 self.route_closing[index] = old.route_closing[at].clone();
             }
         }
@@ -262,6 +263,7 @@ impl Server {
             accepting: HashMap::new(),
             health: shutdown.accepting_stopped().child_token(),
             admin: None,
+            retired: Vec::new(),
             started: std::time::Instant::now(),
         };
         let snapshot = state.current();
@@ -346,6 +348,8 @@ struct Running {
     admin: Option<(SocketAddr, CancellationToken, JoinHandle<()>)>,
     /// When the process started serving, for the admin side's uptime.
     started: std::time::Instant,
+    /// Snapshots a reload replaced, for as long as a connection holds one (see `reload`).
+    retired: Vec<std::sync::Weak<Snapshot>>,
 }
 
 impl Running {
@@ -446,11 +450,20 @@ impl Running {
             self.shutdown.tasks(),
         );
 
+        // Every snapshot a connection still holds, not only the one just replaced: a session
+        // whose route a `keep` reload removed long ago is drained by the first `drain` reload
+        // that does not serve it.
+        self.retired.retain(|s| s.strong_count() > 0);
+        self.retired.push(Arc::downgrade(&old));
+        drop(old);
         if snapshot.config.on_route_change == RouteChange::Drain {
-            for (index, route) in old.config.routes.iter().enumerate() {
-                if !still_served(route, &snapshot.config.routes) {
-                    info!(route = %route.path, "route removed or changed; draining its WebSockets");
-                    old.route_closing[index].cancel();
+            for held in self.retired.iter().filter_map(std::sync::Weak::upgrade) {
+                for (index, route) in held.config.routes.iter().enumerate() {
+                    let token = &held.route_closing[index];
+                    if !token.is_cancelled() && !still_served(route, &snapshot.config.routes) {
+                        info!(route = %route.path, "route removed or changed; draining its WebSockets");
+                        token.cancel();
+                    }
                 }
             }
         }

@@ -5,7 +5,6 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -39,15 +38,12 @@ pub struct ConnContext {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
-    /// Set by the first request, so the listener's first-byte timer knows the client spoke.
-    pub started: AtomicBool,
 }
 
 pub async fn handle(
     ctx: Arc<ConnContext>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
-    ctx.started.store(true, Ordering::Relaxed);
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();

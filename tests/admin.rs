@@ -148,3 +148,38 @@ async fn a_reload_moves_and_removes_the_admin_listener() {
     assert!(tokio::net::TcpStream::connect(moved).await.is_err());
     gw.stop().await;
 }
+
+/// An upstream sitting out a passive ejection takes no traffic, and the admin side says so;
+/// the admin pages are read-only, so other methods get 405.
+#[tokio::test]
+async fn ejected_upstreams_are_reported_down_and_admin_pages_take_only_get() {
+    let dead = closed_port_addr();
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /dead\n    upstreams: [\"http://{dead}\"]\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    let series = format!("wsgate_upstream_healthy{{route=\"/dead\",upstream=\"http://{dead}\"}}");
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series), Some(1.0), "{metrics}");
+
+    // Three failed connections eject it: the fourth request is not even tried.
+    for expected in [502, 502, 502, 503] {
+        let req = "GET /dead/x HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n";
+        let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+        assert_eq!(status_of(&head), expected, "{head}");
+    }
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series), Some(0.0), "{metrics}");
+    let (_, json) = get(admin, "/status").await;
+    assert!(json.contains("\"healthy\":false"), "{json}");
+
+    for method in ["POST", "PUT", "DELETE"] {
+        let req = format!("{method} /metrics HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let (_s, head) = raw_request(admin, req.as_bytes()).await;
+        assert_eq!(status_of(&head), 405, "{head}");
+        assert_eq!(head_header(&head, "allow").as_deref(), Some("GET, HEAD"));
+    }
+    gw.stop().await;
+}

@@ -464,6 +464,45 @@ async fn http1_and_http2_are_told_apart_by_the_first_bytes() {
     gw.stop().await;
 }
 
+/// HTTP/2 has no header timeout of its own: a connection with no request open for
+/// `header_read_timeout` is closed, whether it went quiet after a request or stalls in the
+/// middle of a header block.
+#[tokio::test]
+async fn an_idle_or_stalled_http2_connection_is_closed_after_the_header_timeout() {
+    let yaml = config("").replace(
+        "health_path",
+        "http:\n  header_read_timeout: 300ms\nhealth_path",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{}/healthz", gw.addr()))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    assert_eq!(sender.send_request(req).await.unwrap().status(), 200);
+    // Quiet after one request: the server ends the connection.
+    tokio::time::timeout(WAIT, conn)
+        .await
+        .expect("closed within the wait")
+        .unwrap()
+        .unwrap();
+
+    // The preface, SETTINGS, then a HEADERS frame without END_HEADERS whose block never ends.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut stalled = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    stalled.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    stalled.extend([0, 0, 2, 1, 0x01, 0, 0, 0, 1, 0x82, 0x86]);
+    s.write_all(&stalled).await.unwrap();
+    read_to_eof(&mut s).await;
+    gw.stop().await;
+}
+
 /// An idle keep-alive HTTP/1 connection is closed once shutdown begins, not held until its
 /// header timeout.
 #[tokio::test]

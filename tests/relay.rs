@@ -458,6 +458,36 @@ async fn an_unanswered_close_is_answered_after_close_timeout() {
     gw.stop().await;
 }
 
+/// `limits.message_rate` holds for relayed sessions as for echo: the client's message past the
+/// burst gets 1008 and never reaches the app, which gets 1001; whichever way the frames are
+/// read (a burst walked in place, or behind a Ping, through the frame reader).
+#[tokio::test]
+async fn message_rate_closes_a_relayed_client_with_1008() {
+    let mut app = spawn_raw_app().await;
+    let yaml = config(&app.url(), "", "") + "limits:\n  message_rate: 5\n";
+    let gw = Gateway::start(&yaml).await;
+    for first in [vec![], frame(true, 9, MASK, b"p")] {
+        let (mut c, mut up) = raw_pair(&gw, &mut app).await;
+        let mut burst = first.clone();
+        for _ in 0..20 {
+            burst.extend(frame(true, 1, MASK, b"spam"));
+        }
+        c.write_all(&burst).await.unwrap();
+        assert_eq!(read_close_code(&mut c).await, 1008);
+        let mut messages = 0;
+        let code = loop {
+            let (_, op, _, payload) = read_app_frame(&mut up).await;
+            match op {
+                1 => messages += 1,
+                8 => break u16::from_be_bytes([payload[0], payload[1]]),
+                _ => {}
+            }
+        };
+        assert_eq!((messages, code), (5, 1001));
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn subprotocol_is_the_apps_choice_among_the_offered() {
     let mut app = spawn_ws_app(Some("chat.v2")).await;

@@ -148,6 +148,34 @@ async fn a_drain_reaches_sockets_accepted_before_earlier_reloads() {
     gw.stop().await;
 }
 
+/// A session whose route a `keep` reload removed is drained by a later `drain` reload that
+/// does not serve that route, even after the route came back in between.
+#[tokio::test]
+async fn a_drain_reaches_sockets_a_keep_reload_left_behind() {
+    let drain = "on_route_change: drain\n";
+    let gw = Gateway::start(&yaml("", "")).await;
+    let mut first = connect(&gw.ws_url("/ws")).await;
+    let load = |text: String| {
+        wsgate::config::load_str(&text, "t.yaml", std::path::Path::new(".")).unwrap()
+    };
+    let without_ws = |top: &str| yaml("", top).replace("  - path: /ws\n", "  - path: /other\n");
+    // Removed under keep: the session carries on.
+    gw.reloader.reload(load(without_ws(""))).await.unwrap();
+    // Back, under drain; a second session opens.
+    gw.reloader.reload(load(yaml("", drain))).await.unwrap();
+    let mut second = connect(&gw.ws_url("/ws")).await;
+    first.send(Message::text("still here")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut first).await.unwrap().unwrap(),
+        Message::text("still here")
+    );
+    // Removed under drain: both go.
+    gw.reloader.reload(load(without_ws(drain))).await.unwrap();
+    assert_eq!(expect_close(&mut second).await, 1001);
+    assert_eq!(expect_close(&mut first).await, 1001);
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_new_certificate_is_used_by_new_handshakes() {
     let pki = TestPki::new();

@@ -100,6 +100,20 @@ async fn alpn_offers_h2_and_http11() {
         (200, http::Version::HTTP_2)
     );
 
+    // h2 chosen, then HTTP/1.1 spoken (RFC 9113 3.4: a connection error): no answer but the
+    // end of the connection, and certainly no upgrade.
+    let mut cfg = (*pki.client_config()).clone();
+    cfg.alpn_protocols = vec![b"h2".to_vec()];
+    let (mut s, _) = tls_connect(gw.addr(), Arc::new(cfg), "localhost").await;
+    s.write_all(format!("{UPGRADE}\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(WAIT, s.read_to_end(&mut answer))
+        .await
+        .expect("closed within the wait");
+    assert!(!answer.starts_with(b"HTTP/1.1"), "{answer:?}");
+
     // http/1.1 chosen: a WebSocket upgrade, with a frame in the same write that hyper reads
     // along with the request; it is echoed first.
     let mut cfg = (*pki.client_config()).clone();

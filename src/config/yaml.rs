@@ -778,7 +778,21 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             })?
             .unwrap_or(RouteChange::Keep),
         close_spread: top
-            .opt("close_spread", Field::duration)?
+            .opt("close_spread", |f| {
+                let spread = f.duration()?;
+                // Shutdown sends its 1001s over the spread once the drain delay is over: a
+                // spread that outlasts the grace period would leave the last sessions to be cut
+                // without one.
+                if !spread.is_zero() && drain_delay + spread >= shutdown_grace {
+                    return Err(f.error(format!(
+                        "close_spread ({}) must end before shutdown_grace ({}) does, counted after drain_delay ({})",
+                        super::format_duration(spread),
+                        super::format_duration(shutdown_grace),
+                        super::format_duration(drain_delay)
+                    )));
+                }
+                Ok(spread)
+            })?
             .unwrap_or(Duration::ZERO),
         max_connection_age: top
             .opt("max_connection_age", Field::duration)?
@@ -2464,6 +2478,27 @@ routes:
         let c =
             load("listen:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n").unwrap();
         assert_eq!(c.admin, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn close_spread_must_end_within_shutdown_grace() {
+        let e = err(&with_listen("shutdown_grace: 3s\nclose_spread: 20s\n"));
+        assert_err(
+            &e,
+            4,
+            15,
+            "close_spread",
+            "must end before shutdown_grace (3s)",
+        );
+        let e = err(&with_listen(
+            "shutdown_grace: 10s\ndrain_delay: 5s\nclose_spread: 5s\n",
+        ));
+        assert_err(&e, 5, 15, "close_spread", "counted after drain_delay (5s)");
+        let ok = load(&with_listen(
+            "shutdown_grace: 10s\ndrain_delay: 5s\nclose_spread: 4s\n",
+        ))
+        .unwrap();
+        assert_eq!(ok.close_spread, Duration::from_secs(4));
     }
 
     #[test]

@@ -204,6 +204,7 @@ fn build_request(
     });
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
+    join_cookies(&mut headers);
     if let Some(host) = &host {
         headers.insert(header::HOST, host.clone());
     }
@@ -217,6 +218,25 @@ fn build_request(
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// An HTTP/2 client may split its cookies over several `cookie` fields (RFC 9113 8.2.3), and
+/// they must be joined before the request goes on over HTTP/1.1, where apps read one `Cookie`
+/// line; joined, they are just as valid to an upstream that speaks h2.
+fn join_cookies(headers: &mut http::HeaderMap) {
+    let mut fields = headers.get_all(header::COOKIE).iter();
+    if fields.nth(1).is_none() {
+        return;
+    }
+    let joined: Vec<u8> = headers
+        .get_all(header::COOKIE)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect::<Vec<_>>()
+        .join(&b"; "[..]);
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(header::COOKIE, value);
+    }
 }
 
 /// `scheme://host:port` + the upstream's base path + the request's path and query.
@@ -293,8 +313,10 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     let error = io::Error::new(io_kind.unwrap_or(io::ErrorKind::Other), message);
     Failure::Upstream(if tls {
         UpstreamError::Tls(error)
-    } else {
+    } else if e.is_connect() {
         UpstreamError::Connect(error)
+    } else {
+        UpstreamError::Answer(error)
     })
 }
 
@@ -395,6 +417,19 @@ mod tests {
                 .path(),
             "/"
         );
+    }
+
+    #[test]
+    fn split_cookies_are_joined_into_one_field() {
+        let mut headers = http::HeaderMap::new();
+        headers.append(header::COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut headers);
+        assert_eq!(headers[header::COOKIE], "a=1");
+        headers.append(header::COOKIE, HeaderValue::from_static("b=2"));
+        headers.append(header::COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut headers);
+        let all: Vec<_> = headers.get_all(header::COOKIE).iter().collect();
+        assert_eq!(all, ["a=1; b=2; c=3"]);
     }
 
     #[test]

@@ -94,6 +94,12 @@ impl Target {
         }
     }
 
+    /// Whether new connections may go to it now: healthy and not passively ejected. What the
+    /// admin side reports, since an ejected upstream takes no traffic whatever its flag says.
+    pub fn in_service(&self) -> bool {
+        self.available(now_ms())
+    }
+
     fn available(&self, now_ms: u64) -> bool {
         if !self.is_healthy() {
             return false;

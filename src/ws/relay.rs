@@ -41,6 +41,7 @@ use super::stream::{key_at, recode_key, Head};
 use crate::buffer::{Turn, COPY_CHUNK};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
+use crate::limits::TokenBucket;
 use crate::service::{empty, text, with_close, Body, ConnContext};
 use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upgraded::Stream;
@@ -202,6 +203,7 @@ pub async fn handle(
             let mut upstream = Stream::take(socket.io);
             async move {
                 let opts = &snapshot.config.routes[index].ws;
+                let message_rate = snapshot.config.limits.message_rate;
                 let close_now = Signal::default();
                 let closer = async {
                     (&mut closing).await;
@@ -213,7 +215,7 @@ pub async fn handle(
                 let end = tokio::select! {
                     biased;
                     _ = closer => unreachable!("the closer never finishes"),
-                    end = run(&mut client, &mut upstream, opts, &close_now) => end,
+                    end = run(&mut client, &mut upstream, opts, message_rate, &close_now) => end,
                 };
                 // The lease counts this session for least_connections until here.
                 drop(lease);
@@ -225,11 +227,14 @@ pub async fn handle(
 }
 
 /// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
-/// `client` is the client's upgraded connection, `upstream` the upstream WebSocket.
+/// `client` is the client's upgraded connection, `upstream` the upstream WebSocket;
+/// `message_rate` is the most messages per second the client may send (0: no limit), as in
+/// echo: the app's messages are its own business.
 pub async fn run(
     client: &mut Stream,
     upstream: &mut Stream,
     opts: &WsOptions,
+    message_rate: u32,
     closing: &Signal,
 ) -> SessionEnd {
     let (r_c, w_c) = client.split();
@@ -242,7 +247,15 @@ pub async fn run(
     let ctl_u = ControlQueue::new();
     let ending = OnceLock::new();
     let stopped = Signal::default();
-    let mut inbound = Traffic::default();
+    let mut inbound = Traffic {
+        limit: (message_rate > 0).then(|| {
+            Box::new(MessageRate {
+                bucket: TokenBucket::new(message_rate),
+                rate: message_rate,
+            })
+        }),
+        ..Traffic::default()
+    };
     let mut outbound = Traffic::default();
 
     let session = async {
@@ -423,6 +436,30 @@ struct Ending {
 struct Traffic {
     messages: u64,
     bytes: u64,
+    /// `limits.message_rate`, on the client's direction only: boxed, so a session without one
+    /// (most) holds a pointer's worth for it.
+    limit: Option<Box<MessageRate>>,
+}
+
+struct MessageRate {
+    bucket: TokenBucket,
+    rate: u32,
+}
+
+impl Traffic {
+    /// Counts a message whose last frame is about to go on; `Err` when it is one too many.
+    fn message(&mut self) -> Result<(), Violation> {
+        if let Some(limit) = self.limit.as_mut() {
+            if !limit.bucket.take(limit.rate) {
+                return Err(Violation {
+                    code: close::POLICY,
+                    reason: "message rate exceeded",
+                });
+            }
+        }
+        self.messages += 1;
+        Ok(())
+    }
 }
 
 /// One direction of a relayed session: reads `ctx.from`'s leg, writes the other party's.
@@ -539,7 +576,14 @@ where
                 keepalive.seen();
                 let checked =
                     validator.check_head(head.fin, head.opcode, head.mask.is_some(), head.payload);
-                if let Err(v) = checked {
+                if let Err(v) = checked.and_then(|_| {
+                    // A streamed frame that ends its message counts before its first byte goes.
+                    if head.fin {
+                        traffic.message()
+                    } else {
+                        Ok(())
+                    }
+                }) {
                     break 'pump ctx.violation(v.code, v.reason);
                 }
                 if let Err(last) =
@@ -622,6 +666,11 @@ where
                 };
                 match kind {
                     FrameKind::Data { fin, .. } => {
+                        if fin {
+                            if let Err(v) = traffic.message() {
+                                break 'pump ctx.violation(v.code, v.reason);
+                            }
+                        }
                         let len = frame.payload.len() as u64;
                         // Fragments go on as they come, opcode and FIN intact, so a large
                         // message is never held whole; the writer masks towards the app.
@@ -638,9 +687,6 @@ where
                         }
                         unflushed = true;
                         traffic.bytes += len;
-                        if fin {
-                            traffic.messages += 1;
-                        }
                     }
                     FrameKind::Ping => {
                         ctx.ctl_back.push(Control::Pong(frame.payload));
@@ -694,7 +740,11 @@ fn ready_in_place(
         // The validator makes sure that a client's frames came masked, and only they go to
         // the app, the leg whose writer masks (`keys`).
         match f.relay(frame, validator, keys.as_mut()) {
-            Ok(FrameKind::Data { fin: true, .. }) => traffic.messages += 1,
+            Ok(FrameKind::Data { fin: true, .. }) => {
+                if let Err(v) = traffic.message() {
+                    return (at, Some(v));
+                }
+            }
             Ok(_) => {}
             Err(v) => return (at, Some(v)),
         }
@@ -799,9 +849,6 @@ impl PumpCtx<'_> {
             if turn_ends && left > 0 {
                 tokio::task::yield_now().await;
             }
-        }
-        if head.fin {
-            traffic.messages += 1;
         }
         Ok(())
     }
