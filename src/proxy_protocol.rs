@@ -91,6 +91,11 @@ async fn read_v2<R: AsyncRead + Unpin>(io: &mut R) -> Result<Option<SocketAddr>,
         1 => {}
         _ => return Err(ProxyHeaderError::BadV2),
     }
+    // The high half is the address family, the low half the transport; only these pairs
+    // exist, and the spec has receivers refuse any other rather than guess at its addresses.
+    if !matches!(family, 0x00 | 0x11 | 0x12 | 0x21 | 0x22 | 0x31 | 0x32) {
+        return Err(ProxyHeaderError::BadV2);
+    }
     match family >> 4 {
         1 if body.len() >= 12 => {
             let ip = Ipv4Addr::new(body[0], body[1], body[2], body[3]);
@@ -119,6 +124,29 @@ mod tests {
         let mut r = bytes;
         let res = read_header(&mut r).await;
         (res, r.to_vec())
+    }
+
+    #[tokio::test]
+    async fn v2_families_outside_the_spec_are_refused() {
+        let header = |family: u8| {
+            let mut h = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
+            h.extend([
+                0x21, family, 0, 12, 192, 0, 2, 99, 127, 0, 0, 1, 0x9c, 0x40, 0, 80,
+            ]);
+            h
+        };
+        for family in [0x10, 0x13, 0x15, 0x1F, 0x23, 0x01, 0x41, 0xF1] {
+            assert_eq!(
+                parse(&header(family)).await.0,
+                Err(ProxyHeaderError::BadV2),
+                "{family:#x}"
+            );
+        }
+        assert_eq!(
+            parse(&header(0x11)).await.0,
+            Ok(Some("192.0.2.99:40000".parse().unwrap()))
+        );
+        assert_eq!(parse(&header(0x00)).await.0, Ok(None));
     }
 
     #[tokio::test]

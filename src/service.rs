@@ -92,6 +92,12 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
     let config = &ctx.snapshot.config;
     let path = req.uri().path();
     if path == config.health_path {
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            let mut resp = text(StatusCode::METHOD_NOT_ALLOWED, "health takes GET or HEAD");
+            resp.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return resp;
+        }
         return if ctx.shutdown.is_draining() {
             text(StatusCode::SERVICE_UNAVAILABLE, "draining")
         } else {
@@ -113,7 +119,13 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         .router
         .find(&config.routes, host.as_deref(), path)
     else {
-        return text(StatusCode::NOT_FOUND, "no route for this request");
+        let resp = text(StatusCode::NOT_FOUND, "no route for this request");
+        // A refused upgrade ends the connection, as every other refusal of one does.
+        return if handshake::wants_websocket(&req) {
+            with_close(resp)
+        } else {
+            resp
+        };
     };
     if !handshake::wants_websocket(&req) {
         return if route.upstreams.is_empty() {

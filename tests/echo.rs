@@ -529,6 +529,28 @@ async fn health_and_sample_page() {
     .await;
     assert_eq!(status_of(&head), 200);
     assert_eq!(read_to_eof(&mut s).await, b"ok\n");
+    // Health is read-only; an upgrade to a path with no route is refused and ends the
+    // connection, as every refused upgrade does.
+    let (_s, head) = raw_request(
+        gw.addr(),
+        b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 405, "{head}");
+    assert_eq!(head_header(&head, "allow").as_deref(), Some("GET, HEAD"));
+    let nowhere = UPGRADE.replace("GET /ws ", "GET /nowhere ")
+        + "\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    let (mut s, head) = raw_request(gw.addr(), nowhere.as_bytes()).await;
+    assert_eq!(status_of(&head), 404, "{head}");
+    assert!(
+        head_header(&head, "connection").is_some_and(|c| c.contains("close")),
+        "{head}"
+    );
+    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    assert!(
+        !rest.contains("HTTP/1.1"),
+        "the pipelined request was answered: {rest}"
+    );
     let (mut s, head) = raw_request(
         gw.addr(),
         b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

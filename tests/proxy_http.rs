@@ -586,7 +586,7 @@ async fn an_answer_that_leaves_a_body_unread_says_connection_close() {
         b"POST /healthz HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
     )
     .await;
-    assert_eq!(status_of(&head), 200, "{head}");
+    assert_eq!(status_of(&head), 405, "{head}");
     assert_eq!(
         head_header(&head, "connection").as_deref(),
         Some("close"),

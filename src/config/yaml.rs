@@ -756,7 +756,7 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
         .unwrap_or(Duration::ZERO);
 
     let log_defaults = LogOptions::default();
-    Ok(Config {
+    let config = Config {
         source: source.to_string(),
         health_path: top
             .opt("health_path", |f| f.parse(url_path))?
@@ -832,7 +832,26 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
                 .opt("log_format", |f| f.choice(LOG_FORMATS))?
                 .unwrap_or(log_defaults.format),
         },
-    })
+    };
+    // The page answers GETs at its path before any route is looked at: at a route's path it
+    // would answer that route's upgrades with HTML, and at the health path, the balancer's.
+    if let (Some(page), Some(field)) = (&config.sample_page, top.get("sample_page")) {
+        let hidden = if *page == config.health_path {
+            Some("the health_path".to_owned())
+        } else {
+            config
+                .routes
+                .iter()
+                .find(|r| r.path == *page)
+                .map(|r| format!("the path of the route at line {}", r.line))
+        };
+        if let Some(what) = hidden {
+            return Err(field.error(format!(
+                "sample_page {page} is also {what}, which the page would hide"
+            )));
+        }
+    }
+    Ok(config)
 }
 
 fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
@@ -2478,6 +2497,22 @@ routes:
         let c =
             load("listen:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n").unwrap();
         assert_eq!(c.admin, Some("127.0.0.1:0".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_sample_page_may_not_hide_a_route_or_the_health_path() {
+        let e = err(&with_listen(
+            "sample_page: /ws\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        ));
+        assert_err(
+            &e,
+            3,
+            14,
+            "sample_page",
+            "is also the path of the route at line 5",
+        );
+        let e = err(&with_listen("sample_page: /healthz\n"));
+        assert_err(&e, 3, 14, "sample_page", "is also the health_path");
     }
 
     #[test]
