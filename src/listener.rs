@@ -304,6 +304,12 @@ where
                             debug!("connection open a header timeout after its shutdown; dropping it");
                             return;
                         }
+                        if !activity.ever.load(Ordering::Relaxed) {
+                            // Not one request yet (a silent client, or a preface and no more):
+                            // nothing to finish, so nothing to wait for.
+                            debug!("no request within the header timeout; closing");
+                            return;
+                        }
                         match activity.idle_until(timeout) {
                             Some(until) => idle.as_mut().reset(until),
                             None => {
@@ -335,6 +341,8 @@ where
 
 /// Requests of one connection whose responses have not ended, and when the last one did.
 struct Activity {
+    /// Whether any request has started.
+    ever: std::sync::atomic::AtomicBool,
     open: std::sync::atomic::AtomicUsize,
     since: std::sync::Mutex<tokio::time::Instant>,
 }
@@ -342,6 +350,7 @@ struct Activity {
 impl Default for Activity {
     fn default() -> Self {
         Self {
+            ever: Default::default(),
             open: Default::default(),
             since: std::sync::Mutex::new(tokio::time::Instant::now()),
         }
@@ -366,6 +375,7 @@ struct Open(Arc<Activity>);
 impl Open {
     fn new(activity: Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::Relaxed);
+        activity.ever.store(true, Ordering::Relaxed);
         Self(activity)
     }
 }

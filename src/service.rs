@@ -104,13 +104,16 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
             text(StatusCode::OK, "ok")
         };
     }
+    // An upgrade is never answered with the page: it goes on to the route that serves it.
     if config.sample_page.as_deref() == Some(path)
         && matches!(*req.method(), Method::GET | Method::HEAD)
+        && !handshake::wants_websocket(&req)
     {
+        let page = crate::page::html(crate::page::ws_path(&config.routes));
         return Response::builder()
             .header(header::CONTENT_TYPE, "text/html; charset=utf-8")
             .header(header::CACHE_CONTROL, "no-cache")
-            .body(full(crate::page::HTML))
+            .body(full(page))
             .expect("static response");
     }
     let host = request_host(&req);
@@ -449,7 +452,61 @@ fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     if let Some(authority) = authority {
         req.headers_mut().insert(header::HOST, authority);
     }
-    Ok(())
+    match req.headers().get(header::HOST) {
+        Some(host) if !valid_host(host.as_bytes()) => Err("malformed Host"),
+        _ => Ok(()),
+    }
+}
+
+/// `host[:port]` as RFC 9110 7.2 has it: a DNS name (one trailing dot allowed), an IPv4
+/// address or a bracketed IPv6 one, and a port of 1 to 65535. Anything else would be routed by
+/// a string no route was written for, and passed on to the app as it came.
+fn valid_host(value: &[u8]) -> bool {
+    let Ok(value) = std::str::from_utf8(value) else {
+        return false;
+    };
+    let (host, port) = if let Some(rest) = value.strip_prefix('[') {
+        let Some((v6, after)) = rest.split_once(']') else {
+            return false;
+        };
+        if v6.parse::<std::net::Ipv6Addr>().is_err() {
+            return false;
+        }
+        match after {
+            "" => return true,
+            _ => match after.strip_prefix(':') {
+                Some(port) => ("", Some(port)),
+                None => return false,
+            },
+        }
+    } else {
+        match value.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (value, None),
+        }
+    };
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u32>().is_ok_and(|n| (1..=65535).contains(&n))
+    });
+    if !port_ok {
+        return false;
+    }
+    if value.starts_with('[') {
+        return true;
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 /// The Host a request was sent to, without its port. [`settle_host`] has made the Host header
@@ -457,7 +514,16 @@ fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
 /// host the app is told.
 pub fn request_host<B>(req: &Request<B>) -> Option<String> {
     let authority = req.headers().get(header::HOST)?.to_str().ok()?;
-    Some(host_without_port(authority).to_ascii_lowercase())
+    let host = host_without_port(authority);
+    // An IPv6 literal in its canonical form, as route hosts are kept (`[0::1]` is `[::1]`).
+    let v6 = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .and_then(|h| h.parse::<std::net::Ipv6Addr>().ok());
+    Some(match v6 {
+        Some(v6) => format!("[{v6}]"),
+        None => host.to_ascii_lowercase(),
+    })
 }
 
 /// A refused upgrade. The connection is closed after the answer: bytes the client pipelined
@@ -568,6 +634,40 @@ mod tests {
         assert_eq!(resp.headers()[header::CONNECTION], "upgrade, close");
         let again = with_close(resp);
         assert_eq!(again.headers()[header::CONNECTION], "upgrade, close");
+    }
+
+    #[test]
+    fn host_values_must_be_a_host_and_port() {
+        for good in [
+            "a.example.com",
+            "A.Example.COM.",
+            "a.example.com:8080",
+            "127.0.0.1:5000",
+            "[::1]",
+            "[::1]:5000",
+            "under_score.internal",
+        ] {
+            assert!(valid_host(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "",
+            "evil.net/a.example.com",
+            "user@a.example.com",
+            "a b.example.com",
+            "a.example.com..",
+            ".a.example.com",
+            "a.example.com:99999",
+            "a.example.com:0",
+            "a.example.com:abc",
+            "a.example.com:80:80",
+            "a.example.com:",
+            "::1",
+            "[::1",
+            "[nope]:80",
+            "[::1]x",
+        ] {
+            assert!(!valid_host(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

@@ -519,6 +519,45 @@ async fn an_idle_keep_alive_connection_is_closed_at_shutdown() {
     gw.stop().await;
 }
 
+/// The page connects to the gateway's echo route wherever it is, and never stands in for a
+/// route's upgrade (a page at `/echo/` is under the route `/echo`).
+#[tokio::test]
+async fn the_sample_page_points_at_the_echo_route_and_never_answers_an_upgrade() {
+    let gw = Gateway::start(&format!(
+        "listen:\n{}sample_page: /echo/\nroutes:\n  - path: /echo\n    websocket: echo\n",
+        plain_listener()
+    ))
+    .await;
+    let (mut s, head) = raw_request(
+        gw.addr(),
+        b"GET /echo/ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let page = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    assert!(page.contains(r#"location.host + "/echo";"#), "{page}");
+    let upgrade = UPGRADE.replace("GET /ws ", "GET /echo/ ") + "\r\n";
+    let (_s, head) = raw_request(gw.addr(), upgrade.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    gw.stop().await;
+}
+
+/// A route can be for an IPv6 literal host, matched whatever form the Host header writes it in.
+#[tokio::test]
+async fn a_route_for_an_ipv6_host() {
+    let gw = Gateway::start(&format!(
+        "listen:\n{}routes:\n  - path: /ws\n    host: \"[::1]\"\n    websocket: echo\n  - path: /ws\n    websocket: reject\n",
+        plain_listener()
+    ))
+    .await;
+    for (host, status) in [("[::1]:5000", 101), ("[0:0::1]", 101), ("localhost", 403)] {
+        let req = UPGRADE.replace("Host: localhost", &format!("Host: {host}")) + "\r\n";
+        let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+        assert_eq!(status_of(&head), status, "{host}: {head}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn health_and_sample_page() {
     let gw = Gateway::start(&config("")).await;

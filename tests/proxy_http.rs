@@ -497,6 +497,11 @@ async fn http11_without_exactly_one_host_is_400() {
         b"GET /x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\n\r\n",
         b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n",
+        // One Host, but no host[:port]: nothing to route by or to tell the app.
+        b"GET /x HTTP/1.1\r\nHost: evil.net/a.example\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: user@a.example\r\n\r\n",
+        b"GET /x HTTP/1.1\r\nHost: a.example:99999\r\n\r\n",
+        b"GET /x HTTP/1.0\r\nHost: a.example..\r\n\r\n",
     ] {
         let (mut s, head) = raw_request(gw.addr(), req).await;
         assert_eq!(status_of(&head), 400, "{head}");

@@ -1255,6 +1255,21 @@ fn host_pattern(s: &str) -> Result<HostPattern, String> {
             "host {s:?} must be a bare host name, without a scheme"
         ));
     }
+    // An IPv6 literal, bracketed as in a Host header (bare is accepted too), in the canonical
+    // form the request's host is put in before matching.
+    let inner = s
+        .strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(s);
+    if let Ok(v6) = inner.parse::<Ipv6Addr>() {
+        return Ok(HostPattern {
+            host: format!("[{v6}]"),
+            wildcard: false,
+        });
+    }
+    if s.starts_with('[') {
+        return Err(format!("invalid IPv6 address in host {s:?}"));
+    }
     if s.contains(':') {
         return Err(format!(
             "host {s:?} must not include a port (routes match on the host name only)"
@@ -2140,6 +2155,12 @@ routes:
         assert!(host_pattern("a..b")
             .unwrap_err()
             .contains("invalid host name"));
+        // IPv6 literals, bracketed or bare, kept in the canonical bracketed form.
+        for v6 in ["[::1]", "::1", "[0:0::1]"] {
+            assert_eq!(host_pattern(v6).unwrap().host, "[::1]", "{v6}");
+        }
+        assert!(host_pattern("[::1]:80").unwrap_err().contains("IPv6"));
+        assert!(host_pattern("[nope]").unwrap_err().contains("IPv6"));
     }
 
     #[test]
