@@ -373,65 +373,38 @@ async fn https_upstream_verified_against_the_route_ca() {
     gw.stop().await;
 }
 
-/// An app answering in raw bytes, for answers hyper's own server would never give: each request
-/// head on a connection gets `answer(head)`, or with `None` the connection is closed unanswered.
-/// Returns the address and the heads read, in order.
-async fn spawn_scripted_app(
-    answer: fn(&str) -> Option<&'static [u8]>,
-) -> (std::net::SocketAddr, Arc<std::sync::Mutex<Vec<String>>>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let seen = heads.clone();
-    tokio::spawn(async move {
-        while let Ok((mut s, _)) = listener.accept().await {
-            let seen = seen.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut buf = Vec::new();
-                    let mut byte = [0u8; 1];
-                    while !buf.ends_with(b"\r\n\r\n") {
-                        match s.read(&mut byte).await {
-                            Ok(1) => buf.push(byte[0]),
-                            _ => return,
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&buf).into_owned();
-                    seen.lock().unwrap().push(head.clone());
-                    match answer(&head) {
-                        Some(bytes) if s.write_all(bytes).await.is_ok() => {}
-                        _ => return,
-                    }
-                }
-            });
-        }
-    });
-    (addr, heads)
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+
+/// A gateway proxying to an app that answers as `script` says.
+async fn gateway_to(script: fn(&str) -> Scripted) -> Gateway {
+    let app = spawn_scripted_app(script).await;
+    Gateway::start(&config(&format!("http://{}", app.addr), "")).await
 }
 
-const OK: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+/// `GET path` with `GET /after` pipelined behind it: the first answer's head, and all that
+/// followed it until the gateway closed the connection.
+async fn pipelined(gw: &Gateway, path: &str) -> (String, String) {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /after HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n");
+    let (mut s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    (head, rest)
+}
 
 /// RFC 9112 6.3: an upstream response framed by both headers is read by Transfer-Encoding, and
 /// must reach the client framed the same way, whole, with no stale Content-Length.
 #[tokio::test]
 async fn transfer_encoding_wins_over_content_length_from_the_upstream() {
-    let (app, _) = spawn_scripted_app(|head| {
-        Some(if head.starts_with("GET /both ") {
+    let gw = gateway_to(|head| {
+        Scripted::Answer(if head.starts_with("GET /both ") {
             b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         } else {
             OK
         })
     })
     .await;
-    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
     // A second request pipelined behind: a response cut short would leave the rest of its body
     // to be read as the next response.
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /both HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /after HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (head, rest) = pipelined(&gw, "/both").await;
     assert_eq!(status_of(&head), 200, "{head}");
     assert_eq!(head_header(&head, "content-length"), None, "{head}");
     assert_eq!(
@@ -439,7 +412,6 @@ async fn transfer_encoding_wins_over_content_length_from_the_upstream() {
         Some("chunked"),
         "{head}"
     );
-    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
     let (body, after) = rest.split_once("0\r\n\r\n").expect("a whole chunked body");
     assert_eq!(body, "5\r\nhello\r\n", "{rest}");
     assert!(after.starts_with("HTTP/1.1 200 "), "{rest}");
@@ -503,14 +475,7 @@ async fn http11_without_exactly_one_host_is_400() {
         b"GET /x HTTP/1.1\r\nHost: a.example:99999\r\n\r\n",
         b"GET /x HTTP/1.0\r\nHost: a.example..\r\n\r\n",
     ] {
-        let (mut s, head) = raw_request(gw.addr(), req).await;
-        assert_eq!(status_of(&head), 400, "{head}");
-        assert_eq!(
-            head_header(&head, "connection").as_deref(),
-            Some("close"),
-            "{head}"
-        );
-        read_to_eof(&mut s).await;
+        expect_refused(gw.addr(), req, 400).await;
     }
     assert!(
         app.heads.lock().unwrap().is_empty(),
@@ -527,22 +492,16 @@ async fn http11_without_exactly_one_host_is_400() {
 /// knows: it gets 502, and what it pipelined behind is still served.
 #[tokio::test]
 async fn an_unasked_101_from_the_upstream_is_502() {
-    let (app, _) = spawn_scripted_app(|head| {
-        Some(if head.starts_with("GET /switch ") {
+    let gw = gateway_to(|head| {
+        Scripted::Answer(if head.starts_with("GET /switch ") {
             b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: foo\r\nConnection: Upgrade\r\n\r\n"
         } else {
             OK
         })
     })
     .await;
-    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /switch HTTP/1.1\r\nHost: gateway.test\r\n\r\nGET /after HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
-    )
-    .await;
+    let (head, rest) = pipelined(&gw, "/switch").await;
     assert_eq!(status_of(&head), 502, "{head}");
-    let rest = String::from_utf8(read_to_eof(&mut s).await).unwrap();
     let second = rest.split_once("HTTP/1.1 ").map(|(_, r)| r).unwrap_or("");
     assert!(second.starts_with("200 "), "{rest}");
     assert!(rest.ends_with("\r\n\r\nok"), "{rest}");
@@ -572,32 +531,14 @@ async fn connect_is_501_and_never_forwarded() {
 async fn an_answer_that_leaves_a_body_unread_says_connection_close() {
     let dead = closed_port_addr();
     let gw = Gateway::start(&config(&format!("http://{dead}"), "")).await;
-    // Half of the announced body: the rest is still on its way when the 502 goes out.
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n12345",
-    )
-    .await;
-    assert_eq!(status_of(&head), 502, "{head}");
-    assert_eq!(
-        head_header(&head, "connection").as_deref(),
-        Some("close"),
-        "{head}"
-    );
-    read_to_eof(&mut s).await;
-    // The same for the gateway's own answers.
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"POST /healthz HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
-    )
-    .await;
-    assert_eq!(status_of(&head), 405, "{head}");
-    assert_eq!(
-        head_header(&head, "connection").as_deref(),
-        Some("close"),
-        "{head}"
-    );
-    read_to_eof(&mut s).await;
+    // Half of the announced body: the rest is still on its way when the 502 goes out; then the
+    // same for the gateway's own answers.
+    for (req, status) in [
+        (&b"POST /upload HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 10\r\n\r\n12345"[..], 502),
+        (b"POST /healthz HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", 405),
+    ] {
+        expect_refused(gw.addr(), req, status).await;
+    }
     // Without a body the connection stays open for the next request.
     let (mut s, head) = raw_request(
         gw.addr(),
@@ -615,8 +556,11 @@ async fn an_answer_that_leaves_a_body_unread_says_connection_close() {
 /// up on one path is answered 502 there, but keeps serving the route's other requests.
 #[tokio::test]
 async fn an_app_that_drops_requests_is_not_ejected() {
-    let (app, _) = spawn_scripted_app(|head| (!head.starts_with("GET /drop ")).then_some(OK)).await;
-    let gw = Gateway::start(&config(&format!("http://{app}"), "")).await;
+    let gw = gateway_to(|head| match head.starts_with("GET /drop ") {
+        true => Scripted::HangUp,
+        false => Scripted::Answer(OK),
+    })
+    .await;
     for _ in 0..5 {
         let (status, _, body) = http_get(gw.addr(), "/drop", &[]).await;
         assert_eq!(status, 502, "{body}");

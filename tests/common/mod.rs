@@ -237,6 +237,20 @@ pub fn status_of(head: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// Sends `request` and expects it refused: `status`, `Connection: close`, then the end of the
+/// connection, nothing pipelined behind it read. Returns the head.
+pub async fn expect_refused(addr: SocketAddr, request: &[u8], status: u16) -> String {
+    let (mut s, head) = raw_request(addr, request).await;
+    assert_eq!(status_of(&head), status, "{head}");
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_to_eof(&mut s).await;
+    head
+}
+
 /// One HTTP/2 GET on a fresh connection (hyper's client, prior knowledge or after ALPN h2).
 pub async fn h2_get<S>(io: S, uri: &str) -> http::Response<hyper::body::Incoming>
 where
@@ -813,6 +827,29 @@ pub struct RecordingApp {
 }
 
 pub async fn spawn_recording_app() -> RecordingApp {
+    spawn_scripted_app(|head| {
+        if head_header(head, "sec-websocket-key").is_some() {
+            Scripted::Upgrade
+        } else {
+            Scripted::Answer(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        }
+    })
+    .await
+}
+
+/// What a scripted app does with a request head it has read.
+pub enum Scripted {
+    /// These bytes, raw: answers hyper's own server would never give. Then the next request.
+    Answer(&'static [u8]),
+    /// A valid 101 for its key, then reads until the client is gone.
+    Upgrade,
+    /// Closes the connection unanswered.
+    HangUp,
+}
+
+/// An app answering each request head on a connection as `script` says, recording the heads in
+/// the order it read them.
+pub async fn spawn_scripted_app(script: fn(&str) -> Scripted) -> RecordingApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let heads = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -832,23 +869,26 @@ pub async fn spawn_recording_app() -> RecordingApp {
                     }
                     let head = String::from_utf8_lossy(&buf).into_owned();
                     seen.lock().unwrap().push(head.clone());
-                    if let Some(key) = head_header(&head, "sec-websocket-key") {
-                        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-                        let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
-                        let _ = s.write_all(resp.as_bytes()).await;
-                        let mut sink = [0u8; 1024];
-                        while let Ok(n) = s.read(&mut sink).await {
-                            if n == 0 {
-                                break;
+                    match script(&head) {
+                        Scripted::Answer(bytes) => {
+                            if s.write_all(bytes).await.is_err() {
+                                return;
                             }
                         }
-                        return;
-                    }
-                    if s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                        .await
-                        .is_err()
-                    {
-                        return;
+                        Scripted::Upgrade => {
+                            let key = head_header(&head, "sec-websocket-key").unwrap_or_default();
+                            let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+                            let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n");
+                            let _ = s.write_all(resp.as_bytes()).await;
+                            let mut sink = [0u8; 1024];
+                            while let Ok(n) = s.read(&mut sink).await {
+                                if n == 0 {
+                                    break;
+                                }
+                            }
+                            return;
+                        }
+                        Scripted::HangUp => return,
                     }
                 }
             });
