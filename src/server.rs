@@ -91,10 +91,50 @@ impl Snapshot {
     /// accepted under every earlier snapshot are found when a later reload removes or changes
     /// it: a fresh token per snapshot would reach only those accepted since the last reload.
     fn inherit_route_tokens(&mut self, old: &Snapshot) {
+        self.inherit_upstreams(old);
         for (index, route) in self.config.routes.iter().enumerate() {
             let found = old.config.routes.iter().position(|r| same_route(r, route));
             if let Some(at) = found.filter(|&at| !old.route_closing[at].is_cancelled()) {
                 self.route_closing[index] = old.route_closing[at].clone();
+            }
+        }
+    }
+
+    /// An upstream that a reload leaves on the same route (same path and host) keeps its state:
+    /// its open connections, which `least_connections` counts and which still hold leases on the
+    /// old snapshot, and its health. A fresh one per snapshot would start healthy and idle, so
+    /// any reload, even of `log_level`, put an upstream failing its checks back into rotation.
+    /// Health set by a check is only kept while the route is still checked, since nothing else
+    /// would ever bring it back.
+    fn inherit_upstreams(&mut self, old: &Snapshot) {
+        for (index, route) in self.config.routes.iter().enumerate() {
+            let Some(before) = old
+                .config
+                .routes
+                .iter()
+                .position(|r| r.path == route.path && r.host == route.host)
+                .and_then(|at| old.upstreams(at))
+            else {
+                continue;
+            };
+            let Some(ups) = self.upstreams.get_mut(index).and_then(Option::as_mut) else {
+                continue;
+            };
+            let Some(ups) = Arc::get_mut(ups) else {
+                continue;
+            };
+            for target in &mut ups.set.targets {
+                if let Some(kept) = before
+                    .set
+                    .targets
+                    .iter()
+                    .find(|t| t.upstream == target.upstream)
+                {
+                    if route.health_check.is_none() {
+                        kept.unchecked();
+                    }
+                    *target = kept.clone();
+                }
             }
         }
     }

@@ -116,11 +116,19 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
             .body(full(page))
             .expect("static response");
     }
+    // Routes are chosen by the path as an app that normalises it would read it: a dot segment
+    // (`/x/../admin`, `/%2e%2e/admin`) could otherwise reach, through a route for `/`, a path
+    // a `reject` route guards, so it is refused; empty segments (`//admin`) are merged.
+    if has_dot_segment(path) {
+        info!(peer = %ctx.peer, path, "path with dot segments refused");
+        return with_close(text(StatusCode::BAD_REQUEST, "path with dot segments"));
+    }
+    let merged = merge_slashes(path);
     let host = request_host(&req);
     let Some((index, route)) = ctx
         .snapshot
         .router
-        .find(&config.routes, host.as_deref(), path)
+        .find(&config.routes, host.as_deref(), &merged)
     else {
         let resp = text(StatusCode::NOT_FOUND, "no route for this request");
         // A refused upgrade ends the connection, as every other refusal of one does.
@@ -458,6 +466,29 @@ fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
 }
 
+/// Whether a segment of `path` is `.` or `..`, written plainly or percent-encoded.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|segment| {
+        let lower = segment.to_ascii_lowercase();
+        let plain = lower.replace("%2e", ".");
+        plain == "." || plain == ".."
+    })
+}
+
+/// `path` with each run of slashes made one.
+fn merge_slashes(path: &str) -> std::borrow::Cow<'_, str> {
+    if !path.contains("//") {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(merged)
+}
+
 /// `host[:port]` as RFC 9110 7.2 has it: a DNS name (one trailing dot allowed), an IPv4
 /// address or a bracketed IPv6 one, and a port of 1 to 65535. Anything else would be routed by
 /// a string no route was written for, and passed on to the app as it came.
@@ -634,6 +665,32 @@ mod tests {
         assert_eq!(resp.headers()[header::CONNECTION], "upgrade, close");
         let again = with_close(resp);
         assert_eq!(again.headers()[header::CONNECTION], "upgrade, close");
+    }
+
+    #[test]
+    fn dot_segments_and_repeated_slashes() {
+        for dotted in [
+            "/x/../admin",
+            "/%2e%2e/admin",
+            "/./admin",
+            "/a/%2E",
+            "/a/.%2e/b",
+            "/..",
+        ] {
+            assert!(has_dot_segment(dotted), "{dotted}");
+        }
+        for plain in [
+            "/",
+            "/admin",
+            "/a.b/c..d",
+            "/.well-known/x",
+            "/...",
+            "/%2e%2e%2e",
+        ] {
+            assert!(!has_dot_segment(plain), "{plain}");
+        }
+        assert_eq!(merge_slashes("//admin///x/"), "/admin/x/");
+        assert_eq!(merge_slashes("/admin/x"), "/admin/x");
     }
 
     #[test]

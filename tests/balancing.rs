@@ -107,6 +107,10 @@ async fn who(gw: &Gateway, cookie: Option<&str>) -> (String, Option<String>) {
     (body, set)
 }
 
+fn load(yaml: &str) -> wsgate::config::Config {
+    wsgate::config::load_str(yaml, "t.yaml", std::path::Path::new(".")).unwrap()
+}
+
 async fn names(gw: &Gateway, n: usize) -> Vec<String> {
     let mut out = Vec::with_capacity(n);
     for _ in 0..n {
@@ -144,6 +148,15 @@ async fn least_connections_avoids_the_busy_upstream() {
     // While one request holds `busy`, every new one goes to the other app.
     let seen = names(&gw, 5).await;
     assert!(seen.iter().all(|n| n != busy), "busy={busy} {seen:?}");
+    // A reload that leaves the route alone does not forget the open request.
+    let same =
+        config(&[p.a.addr, p.b.addr], "    balance: least_connections\n") + "log_level: debug\n";
+    gw.reloader.reload(load(&same)).await.unwrap();
+    let seen = names(&gw, 5).await;
+    assert!(
+        seen.iter().all(|n| n != busy),
+        "after a reload: busy={busy} {seen:?}"
+    );
 
     p.release.send(true).unwrap();
     let (status, _, body) = slow.await.unwrap();
@@ -233,19 +246,26 @@ async fn probes_answered(app: &App, healthy: bool, since: usize, n: usize) {
 #[tokio::test]
 async fn health_checks_eject_and_restore_upstreams() {
     let p = pair().await;
-    let gw = Gateway::start(&config(
+    let checked = config(
         &[p.a.addr, p.b.addr],
         "    health_check:\n      path: /health\n      interval: 50ms\n      timeout: 50ms\n      unhealthy_after: 2\n      healthy_after: 2\n",
-    ))
-    .await;
+    );
+    let gw = Gateway::start(&checked).await;
     let both = names(&gw, 4).await;
     assert!(both.contains(&"a".to_string()) && both.contains(&"b".to_string()));
 
-    // a starts failing its checks: after two failed probes it gets no traffic.
+    // a starts failing its checks: after two failed probes it gets no traffic, also after a
+    // reload that leaves the route alone (the new snapshot keeps a's health).
     p.a.healthy.store(false, Ordering::SeqCst);
     probes_answered(&p.a, false, 0, 2).await;
     let seen = names(&gw, 6).await;
     assert!(seen.iter().all(|n| n == "b"), "{seen:?}");
+    gw.reloader
+        .reload(load(&(checked.clone() + "log_level: debug\n")))
+        .await
+        .unwrap();
+    let seen = names(&gw, 6).await;
+    assert!(seen.iter().all(|n| n == "b"), "after a reload: {seen:?}");
 
     // b fails too: nobody is left, 503.
     p.b.healthy.store(false, Ordering::SeqCst);

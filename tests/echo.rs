@@ -551,6 +551,30 @@ async fn a_route_for_an_ipv6_host() {
     gw.stop().await;
 }
 
+/// A path is routed as an app that normalises it would read it: dot segments are refused and
+/// repeated slashes merged, so neither gets an upgrade past a `reject` route.
+#[tokio::test]
+async fn dot_segments_and_double_slashes_do_not_get_past_a_reject_route() {
+    let gw = Gateway::start(&format!(
+        "listen:\n{}routes:\n  - path: /admin\n    websocket: reject\n  - path: /\n    websocket: echo\n",
+        plain_listener()
+    ))
+    .await;
+    let upgrade = |path: &str| UPGRADE.replace("GET /ws ", &format!("GET {path} ")) + "\r\n";
+    for (path, status) in [
+        ("/ws", 101),
+        ("/admin", 403),
+        ("//admin", 403),
+        ("/x/../admin", 400),
+        ("/%2e%2e/admin", 400),
+        ("/./admin", 400),
+    ] {
+        let (_s, head) = raw_request(gw.addr(), upgrade(path).as_bytes()).await;
+        assert_eq!(status_of(&head), status, "{path}: {head}");
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn health_and_sample_page() {
     let gw = Gateway::start(&config("")).await;

@@ -357,3 +357,39 @@ async fn slow_upgrade_answers_do_not_eject_the_app() {
     drop((c, up));
     gw.stop().await;
 }
+
+/// `balance: cookie` pins a client that only ever speaks WebSocket too: the 101 sets the cookie,
+/// and an upgrade that carries it goes to the same app and gets no new one.
+#[tokio::test]
+async fn cookie_balancing_sets_the_sticky_cookie_on_the_101() {
+    let (a, b) = (spawn_recording_app().await, spawn_recording_app().await);
+    let yaml = format!(
+        "listen:\n{}routes:\n  - path: /ws\n    websocket: passthrough\n    balance: cookie\n    upstreams: [\"http://{}\", \"http://{}\"]\n",
+        plain_listener(),
+        a.addr,
+        b.addr
+    );
+    let gw = Gateway::start(&yaml).await;
+    let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    let cookie = head_header(&head, "set-cookie").expect("the 101 sets the sticky cookie");
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    assert!(pair.starts_with("wsgate_upstream="), "{cookie}");
+    let first = if a.heads.lock().unwrap().is_empty() {
+        &b
+    } else {
+        &a
+    };
+    for _ in 0..3 {
+        let again = format!("{UPGRADE}Cookie: {pair}\r\n\r\n");
+        let (_s, head) = raw_request(gw.addr(), again.as_bytes()).await;
+        assert_eq!(status_of(&head), 101, "{head}");
+        assert_eq!(head_header(&head, "set-cookie"), None, "{head}");
+    }
+    assert_eq!(
+        first.heads.lock().unwrap().len(),
+        4,
+        "all four went to one app"
+    );
+    gw.stop().await;
+}

@@ -816,6 +816,10 @@ async fn origin_is_refused_before_any_app_contact() {
     let bad = format!("{UPGRADE}Origin: https://evil.example\r\n\r\n");
     let (_s, head) = raw_request(gw.addr(), bad.as_bytes()).await;
     assert_eq!(status_of(&head), 403, "{head}");
+    // Two Origins, the allowed one first: malformed, whichever a check would have read.
+    let two =
+        format!("{UPGRADE}Origin: https://good.example\r\nOrigin: https://evil.example\r\n\r\n");
+    expect_refused(gw.addr(), two.as_bytes(), 400).await;
     let good = format!("{UPGRADE}Origin: https://good.example\r\n\r\n");
     let (s, head) = raw_request(gw.addr(), good.as_bytes()).await;
     assert_eq!(status_of(&head), 101, "{head}");

@@ -23,10 +23,10 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
 use super::{add_forwarding_headers, canonical, strip_hop_by_hop};
-use crate::config::{Balance, Route, Upstream};
+use crate::config::{Route, Upstream};
 use crate::error::{Error, UpstreamError};
 use crate::service::{text, Body, BodyForwarded, BoxError, ConnContext};
-use crate::upstream::{self, connect, Lease, STICKY_COOKIE};
+use crate::upstream::{self, connect, Lease};
 
 /// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers
 /// and cloud load balancers allow, so we close first instead of reusing a connection the app is
@@ -160,9 +160,7 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
             "upstream switched protocols unasked",
         );
     }
-    let set_cookie = (upstreams.set.balance() == Balance::Cookie
-        && sticky.as_deref() != Some(lease.target.id.as_str()))
-    .then(|| sticky_set_cookie(&lease.target.id));
+    let set_cookie = upstreams.set.set_cookie(&lease, sticky.as_deref());
 
     let (mut parts, body) = resp.into_parts();
     // RFC 9112 6.3: with Transfer-Encoding, Content-Length means nothing. hyper decoded the body
@@ -258,14 +256,6 @@ fn upstream_uri(upstream: &Upstream, uri: &Uri) -> Result<Uri, http::Error> {
         upstream.port, upstream.base_path
     );
     Ok(Uri::try_from(full)?)
-}
-
-fn sticky_set_cookie(id: &str) -> HeaderValue {
-    // Target ids are hex digests, always a valid header value.
-    HeaderValue::from_str(&format!(
-        "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
-    ))
-    .expect("hex id is a valid header value")
 }
 
 fn upstream_error_response(e: &UpstreamError) -> Response<Body> {

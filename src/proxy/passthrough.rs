@@ -65,10 +65,8 @@ pub async fn handle(
             "route has no upstreams",
         ));
     };
-    let lease = match upstreams
-        .set
-        .pick(admitted.client, sticky_cookie(req.headers()))
-    {
+    let sticky = sticky_cookie(req.headers()).map(str::to_owned);
+    let lease = match upstreams.set.pick(admitted.client, sticky.as_deref()) {
         Ok(lease) => lease,
         Err(e) => return upstream_failed(ctx, &route.path, "passthrough", "-", e),
     };
@@ -139,6 +137,10 @@ pub async fn handle(
         }
     }
     drop(resp);
+    // A client that only ever speaks WebSocket is kept on its upstream as an HTTP one is.
+    if let Some(cookie) = upstreams.set.set_cookie(&lease, sticky.as_deref()) {
+        response.headers_mut().append(header::SET_COOKIE, cookie);
+    }
 
     let url = upstream.url.clone();
     spawn_session(

@@ -94,6 +94,12 @@ impl Target {
         }
     }
 
+    /// A check's verdict lapses when its route is no longer checked: nothing would ever
+    /// reverse it. A passive ejection stands; its cooldown ends it.
+    pub fn unchecked(&self) {
+        self.healthy.store(true, Ordering::Relaxed);
+    }
+
     /// Whether new connections may go to it now: healthy and not passively ejected. What the
     /// admin side reports, since an ejected upstream takes no traffic whatever its flag says.
     pub fn in_service(&self) -> bool {
@@ -233,6 +239,22 @@ fn epoch() -> Instant {
 fn now_ms() -> u64 {
     // +1 so that 0 keeps meaning "not ejected".
     epoch().elapsed().as_millis() as u64 + 1
+}
+
+impl UpstreamSet {
+    /// The `Set-Cookie` that pins a client to `lease`'s upstream: on any answer (a proxied
+    /// response or a WebSocket's 101) when the route balances by cookie and the client's cookie
+    /// (`sticky`) does not already name that upstream.
+    pub fn set_cookie(&self, lease: &Lease, sticky: Option<&str>) -> Option<http::HeaderValue> {
+        let id = lease.target.id.as_str();
+        (self.balance == Balance::Cookie && sticky != Some(id)).then(|| {
+            // Target ids are hex digests, always a valid header value.
+            http::HeaderValue::from_str(&format!(
+                "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
+            ))
+            .expect("hex id is a valid header value")
+        })
+    }
 }
 
 /// Reads the sticky cookie from a request's Cookie headers.

@@ -7,13 +7,25 @@ use crate::config::{OriginPattern, WsOptions};
 use crate::error::ClientError;
 
 pub fn check(headers: &HeaderMap, opts: &WsOptions) -> Result<(), ClientError> {
-    let Some(value) = headers.get(http::header::ORIGIN) else {
+    // RFC 6454 7.3: one Origin at most. With two, which one a check read would decide the
+    // answer, and the app behind a relay or tunnel could read the other.
+    let mut values = headers.get_all(http::header::ORIGIN).iter();
+    let (value, more) = (values.next(), values.next());
+    if more.is_some() {
+        return Err(ClientError::BadHandshake("more than one Origin header"));
+    }
+    let Some(value) = value else {
         return if opts.require_origin {
             Err(ClientError::OriginMissing)
         } else {
             Ok(())
         };
     };
+    // An empty value names no origin: for `require_origin` it is as good as none (and with a
+    // list of origins it matches none of them, below).
+    if opts.require_origin && value.as_bytes().trim_ascii().is_empty() {
+        return Err(ClientError::OriginMissing);
+    }
     if opts.allowed_origins.is_empty() {
         return Ok(());
     }
@@ -117,6 +129,30 @@ mod tests {
             h.insert("origin", o.parse().unwrap());
         }
         h
+    }
+
+    #[test]
+    fn two_origins_are_a_bad_handshake_and_an_empty_one_is_none() {
+        let o = opts(vec![pattern("https", "a.com", 443, false)], false);
+        for order in [
+            ["https://a.com", "https://evil.com"],
+            ["https://evil.com", "https://a.com"],
+        ] {
+            let mut h = HeaderMap::new();
+            for origin in order {
+                h.append("origin", origin.parse().unwrap());
+            }
+            assert_eq!(
+                check(&h, &o),
+                Err(ClientError::BadHandshake("more than one Origin header"))
+            );
+        }
+        assert!(check(&headers(Some("")), &o).is_err());
+        assert_eq!(
+            check(&headers(Some("")), &opts(vec![], true)),
+            Err(ClientError::OriginMissing)
+        );
+        assert!(check(&headers(Some("")), &opts(vec![], false)).is_ok());
     }
 
     #[test]

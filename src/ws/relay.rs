@@ -184,9 +184,18 @@ pub async fn handle(
         }
     };
 
-    let response = switching_protocols(&hs.accept, socket.protocol.as_deref())
+    let mut response = switching_protocols(&hs.accept, socket.protocol.as_deref())
         .body(empty())
         .expect("valid 101");
+    // A client that only ever speaks WebSocket is kept on its upstream as an HTTP one is.
+    if let Some(cookie) = upstreams
+        .set
+        .set_cookie(&lease, sticky_cookie(req.headers()))
+    {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
     let on_upgrade = hyper::upgrade::on(&mut req);
     drop(req);
     let url = upstream.url.clone();
