@@ -59,9 +59,9 @@ fn load_certified_key(
 /// refuses exactly what serving would.
 pub(crate) fn read_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let chain = CertificateDer::pem_file_iter(cert)
-        .map_err(|e| format!("cannot read certificate: {e}"))?
+        .map_err(|e| format!("cannot read certificate: {}", pem_error(&e)))?
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("bad PEM certificate: {e}"))?;
+        .map_err(|e| format!("bad PEM certificate: {}", pem_error(&e)))?;
     let Some(leaf) = chain.first() else {
         return Err("no CERTIFICATE block in the file".into());
     };
@@ -78,8 +78,8 @@ pub(crate) fn with_key(
     key: &Path,
     provider: &rustls::crypto::CryptoProvider,
 ) -> Result<CertifiedKey, String> {
-    let private =
-        PrivateKeyDer::from_pem_file(key).map_err(|e| format!("cannot read private key: {e}"))?;
+    let private = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("cannot read private key: {}", pem_error(&e)))?;
     CertifiedKey::from_der(chain, private, provider)
         .map_err(|e| format!("key does not fit the certificate {}: {e}", cert.display()))
 }
@@ -115,4 +115,37 @@ fn valid_for(ck: &CertifiedKey, name: &str) -> bool {
     webpki::EndEntityCert::try_from(leaf)
         .and_then(|ee| ee.verify_is_valid_for_subject_name(&server_name))
         .is_ok()
+}
+
+/// A PEM error as text a person can act on: rustls-pki-types writes the marker lines it talks
+/// about as byte lists (`[45, 45, 45, ...]`).
+pub(crate) fn pem_error(e: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "no {:?} line (is the file cut short?)",
+            String::from_utf8_lossy(end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed BEGIN line {:?}", String::from_utf8_lossy(line))
+        }
+        E::NoItemsFound => "no PEM section of the expected kind in the file".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod pem_tests {
+    use super::*;
+
+    #[test]
+    fn pem_errors_name_their_lines_as_text() {
+        let e = rustls_pki_types::pem::Error::MissingSectionEnd {
+            end_marker: b"-----END CERTIFICATE-----".to_vec(),
+        };
+        assert_eq!(
+            pem_error(&e),
+            r#"no "-----END CERTIFICATE-----" line (is the file cut short?)"#
+        );
+    }
 }

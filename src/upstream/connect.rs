@@ -50,10 +50,11 @@ pub fn client_config(route: &Route, alpn: &[&[u8]]) -> Result<Arc<ClientConfig>,
 /// every handshake, so it is refused too.
 pub(crate) fn read_ca(ca: &Path) -> Result<rustls::RootCertStore, String> {
     let mut roots = rustls::RootCertStore::empty();
-    for cert in
-        CertificateDer::pem_file_iter(ca).map_err(|e| format!("cannot read CA file: {e}"))?
+    for cert in CertificateDer::pem_file_iter(ca)
+        .map_err(|e| format!("cannot read CA file: {}", crate::tls::pem_error(&e)))?
     {
-        let cert = cert.map_err(|e| format!("bad PEM certificate: {e}"))?;
+        let cert =
+            cert.map_err(|e| format!("bad PEM certificate: {}", crate::tls::pem_error(&e)))?;
         roots
             .add(cert)
             .map_err(|e| format!("unusable CA certificate: {e}"))?;

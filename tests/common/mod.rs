@@ -517,8 +517,14 @@ pub async fn http_get(
 
 /// An address nothing listens on (bound, then closed), for "upstream down".
 pub fn closed_port_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap()
+    // Bound and never listening: connections to it are refused, and, as the socket stays bound
+    // for the rest of the process, no other test's listener can be handed the same port (a
+    // port merely released could be, and then it would answer).
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    std::mem::forget(socket);
+    addr
 }
 
 /// A `kB` field of /proc/self/status (VmRSS, VmHWM); None off Linux.
