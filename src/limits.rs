@@ -87,6 +87,28 @@ impl Drop for Permit {
     }
 }
 
+/// A session's `limits.message_rate`: the messages per second its client may send, with one
+/// second's worth as burst. Echo and relay both count their client's messages with it.
+pub struct MessageRate {
+    bucket: TokenBucket,
+    rate: u32,
+}
+
+impl MessageRate {
+    /// `None` for 0, which means no limit.
+    pub fn new(rate: u32) -> Option<Self> {
+        (rate > 0).then(|| Self {
+            bucket: TokenBucket::new(rate),
+            rate,
+        })
+    }
+
+    /// Takes one message; false when it is one too many.
+    pub fn allow(&mut self) -> bool {
+        self.bucket.take(self.rate)
+    }
+}
+
 /// A token bucket refilled lazily when it is used, so idle sessions cost no timer.
 pub struct TokenBucket {
     tokens: f64,

@@ -304,15 +304,15 @@ where
                             debug!("connection open a header timeout after its shutdown; dropping it");
                             return;
                         }
-                        if !activity.ever.load(Ordering::Relaxed) {
+                        match activity.idle(timeout) {
+                            Idle::Until(until) => idle.as_mut().reset(until),
                             // Not one request yet (a silent client, or a preface and no more):
                             // nothing to finish, so nothing to wait for.
-                            debug!("no request within the header timeout; closing");
-                            return;
-                        }
-                        match activity.idle_until(timeout) {
-                            Some(until) => idle.as_mut().reset(until),
-                            None => {
+                            Idle::Never => {
+                                debug!("no request within the header timeout; closing");
+                                return;
+                            }
+                            Idle::Now => {
                                 debug!("no request open within the header timeout; closing");
                                 closing = true;
                                 conn.as_mut().graceful_shutdown();
@@ -339,33 +339,35 @@ where
     }
 }
 
-/// Requests of one connection whose responses have not ended, and when the last one did.
+/// Requests of one connection whose responses have not ended, and when the last one did
+/// (`None` until one has).
+#[derive(Default)]
 struct Activity {
-    /// Whether any request has started.
-    ever: std::sync::atomic::AtomicBool,
     open: std::sync::atomic::AtomicUsize,
-    since: std::sync::Mutex<tokio::time::Instant>,
+    since: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-impl Default for Activity {
-    fn default() -> Self {
-        Self {
-            ever: Default::default(),
-            open: Default::default(),
-            since: std::sync::Mutex::new(tokio::time::Instant::now()),
-        }
-    }
+/// Where a connection stands against its idle timeout.
+enum Idle {
+    /// Busy, or idle for less than the timeout: look again then.
+    Until(tokio::time::Instant),
+    /// Idle for the timeout since its last response.
+    Now,
+    /// Never sent a request.
+    Never,
 }
 
 impl Activity {
-    /// When the connection will have been idle for `timeout`, if it is not already.
-    fn idle_until(&self, timeout: Duration) -> Option<tokio::time::Instant> {
+    fn idle(&self, timeout: Duration) -> Idle {
         let now = tokio::time::Instant::now();
         if self.open.load(Ordering::Relaxed) > 0 {
-            return Some(now + timeout);
+            return Idle::Until(now + timeout);
         }
-        let until = *self.since.lock().unwrap_or_else(|p| p.into_inner()) + timeout;
-        (until > now).then_some(until)
+        match *self.since.lock().unwrap_or_else(|p| p.into_inner()) {
+            None => Idle::Never,
+            Some(since) if since + timeout > now => Idle::Until(since + timeout),
+            Some(_) => Idle::Now,
+        }
     }
 }
 
@@ -375,14 +377,13 @@ struct Open(Arc<Activity>);
 impl Open {
     fn new(activity: Arc<Activity>) -> Self {
         activity.open.fetch_add(1, Ordering::Relaxed);
-        activity.ever.store(true, Ordering::Relaxed);
         Self(activity)
     }
 }
 
 impl Drop for Open {
     fn drop(&mut self) {
-        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = tokio::time::Instant::now();
+        *self.0.since.lock().unwrap_or_else(|p| p.into_inner()) = Some(tokio::time::Instant::now());
         self.0.open.fetch_sub(1, Ordering::Relaxed);
     }
 }

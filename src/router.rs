@@ -60,6 +60,19 @@ fn host_matches(p: &HostPattern, host: &str) -> bool {
     }
 }
 
+/// A DNS name as routes, upstream URLs, origins and Host headers may spell one: labels of
+/// letters, digits, `-` and `_` (which internal names use), 1 to 63 long, 253 in all.
+pub fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
 /// The host part of a Host header or authority: strips the port and IPv6 brackets' port.
 pub fn host_without_port(authority: &str) -> &str {
     if authority.starts_with('[') {

@@ -87,19 +87,6 @@ impl Snapshot {
         })
     }
 
-    /// A route that a reload leaves unchanged keeps its drain token, so the WebSockets it
-    /// accepted under every earlier snapshot are found when a later reload removes or changes
-    /// it: a fresh token per snapshot would reach only those accepted since the last reload.
-    fn inherit_route_tokens(&mut self, old: &Snapshot) {
-        self.inherit_upstreams(old);
-        for (index, route) in self.config.routes.iter().enumerate() {
-            let found = old.config.routes.iter().position(|r| same_route(r, route));
-            if let Some(at) = found.filter(|&at| !old.route_closing[at].is_cancelled()) {
-                self.route_closing[index] = old.route_closing[at].clone();
-            }
-        }
-    }
-
     /// An upstream that a reload leaves on the same route (same path and host) keeps its state:
     /// its open connections, which `least_connections` counts and which still hold leases on the
     /// old snapshot, and its health. A fresh one per snapshot would start healthy and idle, so
@@ -436,7 +423,7 @@ impl Running {
         let mut snapshot = tokio::task::spawn_blocking(move || Snapshot::new(config, &closing))
             .await
             .map_err(|e| Error::Internal(format!("building the new snapshot failed: {e}")))??;
-        snapshot.inherit_route_tokens(&self.state.current());
+        snapshot.inherit_upstreams(&self.state.current());
         let snapshot = Arc::new(snapshot);
         let mut added = Vec::new();
         let keys = snapshot.config.listener_keys();
@@ -513,13 +500,10 @@ impl Running {
 
 /// Whether a route of the old config is in the new one unchanged (its line may have moved).
 fn still_served(route: &Route, routes: &[Route]) -> bool {
-    routes.iter().any(|r| same_route(r, route))
-}
-
-/// The same route in two configs: equal in everything but the line it is written on.
-fn same_route(a: &Route, b: &Route) -> bool {
-    Route {
-        line: b.line,
-        ..a.clone()
-    } == *b
+    routes.iter().any(|r| {
+        Route {
+            line: route.line,
+            ..r.clone()
+        } == *route
+    })
 }

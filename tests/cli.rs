@@ -41,6 +41,15 @@ fn wsgate() -> Command {
     c
 }
 
+/// `wsgate check --config file`, run to its end.
+fn check_file(file: &std::path::Path) -> std::process::Output {
+    wsgate()
+        .args(["check", "--config"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
 /// The gateway on `config` with info logs on a piped stderr, killed when dropped.
 fn spawn_logging(config: &std::path::Path, extra_env: &[(&str, &std::ffi::OsStr)]) -> Child {
     let mut cmd = wsgate();
@@ -59,11 +68,7 @@ fn check_accepts_a_good_file_and_the_embedded_default() {
     let dir = TempDir::new("cli-good");
     let file = dir.path().join("good.yaml");
     std::fs::write(&file, ECHO_ONLY).unwrap();
-    let out = wsgate()
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_file(&file);
     assert!(
         out.status.success(),
         "{}",
@@ -87,11 +92,7 @@ fn a_bad_file_names_file_line_column_and_key_and_exits_1() {
         "listen:\n  - address: 127.0.0.1:0\nwebsockets:\n  keep_alive_interval: 2 minutes\n",
     )
     .unwrap();
-    let out = wsgate()
-        .args(["check", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = check_file(&file);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad.yaml:4:"), "{err}");
@@ -130,11 +131,7 @@ fn check_refuses_what_run_would_at_its_key() {
     let file = dir.path().join("gw.yaml");
     let check = |yaml: &str| {
         std::fs::write(&file, yaml).unwrap();
-        let out = wsgate()
-            .args(["check", "--config"])
-            .arg(&file)
-            .output()
-            .unwrap();
+        let out = check_file(&file);
         assert_eq!(out.status.code(), Some(1));
         String::from_utf8_lossy(&out.stderr).into_owned()
     };
@@ -303,11 +300,7 @@ fn the_shipped_example_configs_are_valid() {
         if path.extension().is_some_and(|e| e == "yaml") {
             let copy = tree.path().join("config").join(path.file_name().unwrap());
             std::fs::copy(&path, &copy).unwrap();
-            let out = wsgate()
-                .args(["check", "--config"])
-                .arg(&copy)
-                .output()
-                .unwrap();
+            let out = check_file(&copy);
             assert!(
                 out.status.success(),
                 "{}: {}",

@@ -17,10 +17,8 @@ fn yaml(extra_routes: &str, top: &str) -> String {
     )
 }
 
-async fn upgrade_status(gw: &Gateway, path: &str) -> u16 {
-    let req = UPGRADE.replace("GET /ws ", &format!("GET {path} ")) + "\r\n";
-    let (_s, head) = raw_request(gw.addr(), req.as_bytes()).await;
-    status_of(&head)
+async fn status(gw: &Gateway, path: &str) -> u16 {
+    upgrade_status(gw.addr(), path, "localhost").await.0
 }
 
 #[tokio::test]
@@ -70,17 +68,17 @@ async fn reload_under_load_drops_and_reorders_nothing() {
             wsgate::reload::reload_from(&file, &gw.reloader).await;
             expected_generation += 1;
             assert_eq!(gw.state.generation(), expected_generation);
-            assert_eq!(upgrade_status(&gw, &format!("/r{i}")).await, 101);
+            assert_eq!(status(&gw, &format!("/r{i}")).await, 101);
         } else {
             // Invalid: a typo; the previous config keeps serving.
             std::fs::write(&file, "listen:\n  - address: 127.0.0.1:0\nroutez: []\n").unwrap();
             wsgate::reload::reload_from(&file, &gw.reloader).await;
             assert_eq!(gw.state.generation(), expected_generation);
-            assert_eq!(upgrade_status(&gw, &format!("/r{}", i - 1)).await, 101);
+            assert_eq!(status(&gw, &format!("/r{}", i - 1)).await, 101);
         }
     }
     // A route from an older generation is gone for new connections.
-    assert_eq!(upgrade_status(&gw, "/r0").await, 404);
+    assert_eq!(status(&gw, "/r0").await, 404);
     stop.notify_waiters();
     let mut total = 0;
     for c in clients {
@@ -121,7 +119,7 @@ async fn drained_route_closes_with_1001_and_kept_route_stays() {
         next_msg(&mut old).await.unwrap().unwrap(),
         Message::text("kept")
     );
-    assert_eq!(upgrade_status(&gw2, "/old").await, 404);
+    assert_eq!(status(&gw2, "/old").await, 404);
     gw.stop().await;
     gw2.stop().await;
 }
@@ -264,7 +262,7 @@ async fn a_changed_file_is_reloaded_by_the_watcher() {
     })
     .await
     .expect("the watcher never reloaded");
-    assert_eq!(upgrade_status(&gw, "/fresh").await, 101);
+    assert_eq!(status(&gw, "/fresh").await, 101);
     watcher.abort();
     gw.stop().await;
 }

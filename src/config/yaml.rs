@@ -1237,13 +1237,7 @@ fn token(s: &str) -> Result<String, String> {
 /// DNS-style names only (letters, digits, `-`, `_`, dots between non-empty labels); IPv4
 /// literals pass too. Rejecting everything else catches pasted URLs and stray ports early.
 fn check_hostname(host: &str, whole: &str) -> Result<(), String> {
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.len() <= 63
-            && l.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    };
-    if host.len() > 253 || !host.split('.').all(label_ok) {
+    if !crate::router::is_dns_name(host) {
         return Err(format!("invalid host name {host:?} in {whole:?}"));
     }
     Ok(())

@@ -143,8 +143,18 @@ impl UpstreamSet {
         }
     }
 
-    pub fn balance(&self) -> Balance {
-        self.balance
+    /// The `Set-Cookie` that pins a client to `lease`'s upstream: on any answer (a proxied
+    /// response or a WebSocket's 101) when the route balances by cookie and the client's cookie
+    /// (`sticky`) does not already name that upstream.
+    pub fn set_cookie(&self, lease: &Lease, sticky: Option<&str>) -> Option<http::HeaderValue> {
+        let id = lease.target.id.as_str();
+        (self.balance == Balance::Cookie && sticky != Some(id)).then(|| {
+            // Target ids are hex digests, always a valid header value.
+            http::HeaderValue::from_str(&format!(
+                "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
+            ))
+            .expect("hex id is a valid header value")
+        })
     }
 
     /// Chooses the upstream for a new connection or request. `sticky` is the value of the
@@ -239,22 +249,6 @@ fn epoch() -> Instant {
 fn now_ms() -> u64 {
     // +1 so that 0 keeps meaning "not ejected".
     epoch().elapsed().as_millis() as u64 + 1
-}
-
-impl UpstreamSet {
-    /// The `Set-Cookie` that pins a client to `lease`'s upstream: on any answer (a proxied
-    /// response or a WebSocket's 101) when the route balances by cookie and the client's cookie
-    /// (`sticky`) does not already name that upstream.
-    pub fn set_cookie(&self, lease: &Lease, sticky: Option<&str>) -> Option<http::HeaderValue> {
-        let id = lease.target.id.as_str();
-        (self.balance == Balance::Cookie && sticky != Some(id)).then(|| {
-            // Target ids are hex digests, always a valid header value.
-            http::HeaderValue::from_str(&format!(
-                "{STICKY_COOKIE}={id}; Path=/; HttpOnly; SameSite=Lax"
-            ))
-            .expect("hex id is a valid header value")
-        })
-    }
 }
 
 /// Reads the sticky cookie from a request's Cookie headers.

@@ -18,7 +18,7 @@ use super::session::{
     close_and_linger, configure_reader, next_frame, poll_once, CloseRequest, ClosedBy, SessionEnd,
 };
 use crate::config::WsOptions;
-use crate::limits::TokenBucket;
+use crate::limits::MessageRate;
 use crate::upgraded::Stream;
 
 enum Ending {
@@ -50,8 +50,7 @@ pub async fn run(
     let mut keepalive = KeepAlive::new(opts.keep_alive_interval, opts.keep_alive_timeout);
     let mut echoer = Echoer {
         stats: SessionEnd::new(ClosedBy::Gateway, None, ""),
-        rate: (message_rate > 0).then(|| TokenBucket::new(message_rate)),
-        message_rate,
+        rate: MessageRate::new(message_rate),
         message: BytesMut::new(),
     };
     // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
@@ -250,8 +249,7 @@ async fn echo_parked<R, W: AsyncWrite + Unpin>(
 /// What the echo keeps across frames, whichever way they were read.
 struct Echoer {
     stats: SessionEnd,
-    rate: Option<TokenBucket>,
-    message_rate: u32,
+    rate: Option<MessageRate>,
     /// Only fragmented messages are assembled here; whole frames go back without a copy.
     message: BytesMut,
 }
@@ -272,8 +270,8 @@ impl Echoer {
             return Ok(None);
         }
         self.stats.messages_in += 1;
-        if let Some(bucket) = self.rate.as_mut() {
-            if !bucket.take(self.message_rate) {
+        if let Some(rate) = self.rate.as_mut() {
+            if !rate.allow() {
                 return Err(Ending::Close(
                     close::POLICY,
                     "message rate exceeded",

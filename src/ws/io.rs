@@ -491,6 +491,9 @@ pub fn wire_len(frame: &InFrame) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::BytesMut;
+    use fastwebsockets::{Frame, OpCode, Payload, Role};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Headers are followed whatever the reads' sizes (a header split anywhere, a payload
     /// across many reads), and every forbidden length is refused however it arrives.
@@ -526,9 +529,6 @@ mod tests {
             }
         }
     }
-    use bytes::BytesMut;
-    use fastwebsockets::{Frame, OpCode, Payload, Role};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn the_read_that_waits_for_a_message_takes_at_most_the_cap() {

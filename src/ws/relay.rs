@@ -41,7 +41,7 @@ use super::stream::{key_at, recode_key, Head};
 use crate::buffer::{Turn, COPY_CHUNK};
 use crate::config::WsOptions;
 use crate::error::UpstreamError;
-use crate::limits::TokenBucket;
+use crate::limits::MessageRate;
 use crate::service::{empty, text, with_close, Body, ConnContext};
 use crate::service::{spawn_session, upstream_failed, Admitted};
 use crate::upgraded::Stream;
@@ -257,12 +257,7 @@ pub async fn run(
     let ending = OnceLock::new();
     let stopped = Signal::default();
     let mut inbound = Traffic {
-        limit: (message_rate > 0).then(|| {
-            Box::new(MessageRate {
-                bucket: TokenBucket::new(message_rate),
-                rate: message_rate,
-            })
-        }),
+        limit: MessageRate::new(message_rate).map(Box::new),
         ..Traffic::default()
     };
     let mut outbound = Traffic::default();
@@ -450,16 +445,11 @@ struct Traffic {
     limit: Option<Box<MessageRate>>,
 }
 
-struct MessageRate {
-    bucket: TokenBucket,
-    rate: u32,
-}
-
 impl Traffic {
     /// Counts a message whose last frame is about to go on; `Err` when it is one too many.
     fn message(&mut self) -> Result<(), Violation> {
         if let Some(limit) = self.limit.as_mut() {
-            if !limit.bucket.take(limit.rate) {
+            if !limit.allow() {
                 return Err(Violation {
                     code: close::POLICY,
                     reason: "message rate exceeded",

@@ -237,6 +237,16 @@ pub fn status_of(head: &str) -> u16 {
     head.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// A WebSocket upgrade to `path` with Host `host`: its status and head.
+pub async fn upgrade_status(addr: SocketAddr, path: &str, host: &str) -> (u16, String) {
+    let req = UPGRADE
+        .replace("GET /ws ", &format!("GET {path} "))
+        .replace("Host: localhost", &format!("Host: {host}"))
+        + "\r\n";
+    let (_s, head) = raw_request(addr, req.as_bytes()).await;
+    (status_of(&head), head)
+}
+
 /// Sends `request` and expects it refused: `status`, `Connection: close`, then the end of the
 /// connection, nothing pipelined behind it read. Returns the head.
 pub async fn expect_refused(addr: SocketAddr, request: &[u8], status: u16) -> String {
