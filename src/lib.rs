@@ -16,6 +16,7 @@
 //!   keep-alive, the echo endpoint, the relay, bursts of small frames taken where they were
 //!   read (`ws::burst`), and the streaming of large binary frames through the relay
 //!   (`ws::stream`).
+//! - [`stall`]: write halves that give up on a peer that has taken no bytes for too long.
 //! - [`shutdown`]: the shared shutdown handle (draining flag, tokens, task tracker).
 //! - [`error`]: errors by source (client, upstream, config, internal) and their status/close codes.
 //! - [`proxy`]: HTTP reverse proxy and raw WebSocket passthrough to upstream apps.
@@ -46,6 +47,7 @@ pub mod router;
 pub mod server;
 pub mod service;
 pub mod shutdown;
+pub mod stall;
 pub mod tls;
 pub mod upgraded;
 pub mod upstream;

@@ -374,6 +374,29 @@ async fn pings_at_the_interval_and_closes_a_silent_peer() {
     gw.stop().await;
 }
 
+/// A client that stops reading while it still sends leaves the echo's write waiting, where
+/// no keep-alive Ping can reach it: once it has taken no bytes for as long as keep-alive would
+/// allow (interval + timeout), it is dropped.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_at_the_stall_limit() {
+    let extra = "  keep_alive_interval: 200ms\n  keep_alive_timeout: 300ms\n";
+    let gw = Gateway::start(&config(extra)).await;
+    flood_until_dropped(raw_ws(gw.addr(), "/ws").await).await;
+    gw.stop().await;
+}
+
+/// With keep-alive off nothing judges such a client by time, but `max_connection_age` (as a
+/// draining reload) still ends its session: the waiting write gets `close_timeout`, then the
+/// connection is dropped.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_still_retired_at_its_age() {
+    let yaml = config("  keep_alive_interval: 0s\n")
+        .replace("health_path:", "max_connection_age: 300ms\nhealth_path:");
+    let gw = Gateway::start(&yaml).await;
+    flood_until_dropped(raw_ws(gw.addr(), "/ws").await).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn silent_and_trickling_clients_are_closed_at_the_header_timeout() {
     let yaml = format!(

@@ -287,6 +287,22 @@ async fn shutdown_closes_tunnels() {
     gw.stop().await;
 }
 
+/// An app that stops reading leaves the tunnel's write to it waiting, and then nothing reads
+/// the client's socket: a client that left would never be noticed, and its session, sockets
+/// and limit slot would stay taken. The stall limit ends the tunnel.
+#[tokio::test]
+async fn an_app_that_stops_reading_ends_the_tunnel_at_the_stall_limit() {
+    let mut app = spawn_raw_app().await;
+    let yaml = config(&app.url(), "").replace(
+        "  close_timeout: 2s\n",
+        "  close_timeout: 2s\n  keep_alive_interval: 200ms\n  keep_alive_timeout: 300ms\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let (client, _app_never_reads) = raw_pair(&gw, &mut app).await;
+    flood_until_dropped(client).await;
+    gw.stop().await;
+}
+
 /// The app behind passthrough learns who the client is exactly as one behind the reverse proxy
 /// does: the same X-Forwarded-* and an entry of ours appended to Forwarded.
 #[tokio::test]

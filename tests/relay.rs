@@ -708,6 +708,18 @@ async fn app_violations_give_the_client_1014_and_the_app_their_code() {
     }
 }
 
+/// A client that floods and never reads, behind an echo app: the app blocks writing back,
+/// so both pumps wait on writes and neither reads a keep-alive answer again. The stall limit
+/// (keep-alive interval + timeout) ends the session.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_even_with_both_pumps_waiting() {
+    let app = spawn_ws_app(None).await;
+    let ws = "  keep_alive_interval: 200ms\n  keep_alive_timeout: 300ms\n";
+    let gw = Gateway::start(&config(&app.url(), ws, "")).await;
+    flood_until_dropped(raw_ws(gw.addr(), "/ws").await).await;
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn keep_alive_pings_both_legs() {
     let mut app = spawn_raw_app().await;

@@ -23,6 +23,7 @@ use crate::error::UpstreamError;
 use crate::service::{
     empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
 };
+use crate::stall::Stall;
 use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::{check_upgrade_response, send_upgrade, target_uri};
@@ -154,9 +155,10 @@ pub async fn handle(
         // holds each once (a block keeps room for what it moves into a future it awaits).
         move |mut client, snapshot, mut closing| {
             let mut upstream = Stream::take(upstream_io);
-            let linger = snapshot.config.routes[index].ws.close_timeout;
+            let opts = &snapshot.config.routes[index].ws;
+            let (linger, stalls) = (opts.close_timeout, crate::stall::limit(opts));
             async move {
-                let end = tunnel(&mut client, &mut upstream, linger, &mut closing).await;
+                let end = tunnel(&mut client, &mut upstream, linger, stalls, &mut closing).await;
                 drop(lease);
                 // Raw bytes: no messages or close codes are seen, only the bytes each way.
                 let mut summary = SessionEnd::new(end.closed_by, None, end.reason);
@@ -219,7 +221,9 @@ pub struct TunnelEnd {
 
 /// Copies bytes both ways. When one side finishes sending, the other's write half is shut down
 /// and the remaining direction gets `linger` to finish too, so a peer that never closes cannot
-/// hold the pair; `closing` resolving drops both at once.
+/// hold the pair; `closing` resolving drops both at once. A direction whose receiver takes no
+/// bytes for `stalls` ends the tunnel (see [`crate::stall`]): a client that left while the app
+/// was not reading is otherwise never noticed, since nothing reads its socket.
 ///
 /// Both directions are polled from this one future with plain `&mut` access to both streams (no
 /// split, so no lock per read), and each holds a buffer only while it has bytes in flight: an
@@ -228,14 +232,15 @@ pub async fn tunnel<C, U>(
     mut client: C,
     mut upstream: U,
     linger: Duration,
+    stalls: Option<Duration>,
     closing: &mut (impl Future<Output = CloseRequest> + Unpin),
 ) -> TunnelEnd
 where
     C: AsyncRead + AsyncWrite + Unpin,
     U: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut up = Direction::default(); // client to upstream
-    let mut down = Direction::default(); // upstream to client
+    let mut up = Direction::new(stalls); // client to upstream
+    let mut down = Direction::new(stalls); // upstream to client
 
     // Biased: polled on every wake-up, where a random start costs a draw of tokio's RNG.
     let first = tokio::select! {
@@ -318,9 +323,18 @@ struct Direction {
     /// The tunnel's task polls both directions whichever socket woke it: the read of the one
     /// that was not woken is skipped (see [`crate::wake`]).
     reads: Gate,
+    /// How long the receiver may take no bytes.
+    stall: Stall,
 }
 
 impl Direction {
+    fn new(stalls: Option<Duration>) -> Self {
+        Self {
+            stall: Stall::new(stalls),
+            ..Self::default()
+        }
+    }
+
     fn poll<R, W>(&mut self, cx: &mut Context<'_>, r: &mut R, w: &mut W) -> Poll<PipeEnd>
     where
         R: AsyncRead + Unpin,
@@ -337,8 +351,11 @@ impl Direction {
                 let before = filled.start;
                 let written = filled.poll_write_out(w, cx);
                 self.bytes += (filled.start - before) as u64;
+                if filled.start != before {
+                    self.stall.progressed();
+                }
                 match written {
-                    Poll::Pending => return Poll::Pending,
+                    Poll::Pending => return self.stall.poll_waiting(cx).map(PipeEnd::Write),
                     Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
                     Poll::Ready(Ok(())) => {}
                 }
@@ -354,7 +371,8 @@ impl Direction {
             match self.reads.poll(cx, |cx| poll_read_lent(r, cx, COPY_CHUNK)) {
                 Poll::Pending => {
                     if self.unflushed {
-                        match Pin::new(&mut *w).poll_flush(cx) {
+                        let flushed = Pin::new(&mut *w).poll_flush(cx);
+                        match self.stall.watch(cx, flushed) {
                             Poll::Ready(Ok(())) => self.unflushed = false,
                             Poll::Ready(Err(e)) => return Poll::Ready(PipeEnd::Write(e)),
                             Poll::Pending => {}

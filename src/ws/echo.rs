@@ -2,8 +2,9 @@
 //! every RFC 6455 check the sample leaves to the framework.
 
 use std::future::Future;
-use std::pin::pin;
+use std::pin::{pin, Pin};
 use std::task::Poll;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocketError};
@@ -19,6 +20,7 @@ use super::session::{
 };
 use crate::config::WsOptions;
 use crate::limits::MessageRate;
+use crate::stall::{self, Stalled};
 use crate::upgraded::Stream;
 
 enum Ending {
@@ -39,7 +41,7 @@ pub async fn run(
 ) -> SessionEnd {
     let mut closing = pin!(closing);
     let (r, w) = io.split();
-    let mut w = LegWrite::new(w);
+    let mut w = LegWrite::new(Stalled::new(w, stall::limit(opts)));
     let mut raw = LegRead::new(r, opts.receive_buffer_size);
     let meter = raw.meter();
     let mut validator = FrameValidator::new(Peer::Client, opts.max_message_size);
@@ -52,6 +54,7 @@ pub async fn run(
         stats: SessionEnd::new(ClosedBy::Gateway, None, ""),
         rate: MessageRate::new(message_rate),
         message: BytesMut::new(),
+        close_timeout: opts.close_timeout,
     };
     // Wire bytes of the frames read so far, against what the reader was handed (`meter`).
     let mut consumed = 0u64;
@@ -83,9 +86,10 @@ pub async fn run(
                     Err(e) => break 'session Ending::Gone(e.to_string()),
                 },
                 tick = keepalive.tick() => {
-                    if let Some(ending) = on_tick(tick, &mut wr).await {
+                    if let Some(ending) = on_tick(tick, &mut wr, &mut closing, opts.close_timeout).await {
                         break 'session ending;
                     }
+                    unflushed = true;
                 }
                 flushed = wr.flush(), if unflushed => {
                     if let Err(e) = flushed {
@@ -96,7 +100,8 @@ pub async fn run(
             }
         }
         // A burst of whole small data frames is echoed from where it lies (see `burst`).
-        match echo_parked(&mut raw, &mut validator, &mut echoer, &mut wr).await {
+        let parked = echo_parked(&mut raw, &mut validator, &mut echoer, &mut wr, &mut closing);
+        match parked.await {
             Ok(0) => {}
             Ok(_) => {
                 keepalive.seen();
@@ -124,9 +129,10 @@ pub async fn run(
                         break 'session Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway);
                     }
                     tick = keepalive.tick() => {
-                        if let Some(ending) = on_tick(tick, &mut wr).await {
+                        if let Some(ending) = on_tick(tick, &mut wr, &mut closing, opts.close_timeout).await {
                             break 'session ending;
                         }
+                        unflushed = true;
                         continue;
                     }
                     flushed = wr.flush(), if unflushed => {
@@ -154,7 +160,13 @@ pub async fn run(
                     match echoer.data(fin, continues, opcode, Payload::Bytes(frame.payload)) {
                         Ok(Some(echo)) => {
                             unflushed = true;
-                            wr.write(echo).await
+                            match wr.write_boxed(echo) {
+                                None => Ok(()),
+                                Some(large) => {
+                                    Box::pin(write_hearing(large, &mut closing, opts.close_timeout))
+                                        .await
+                                }
+                            }
                         }
                         Ok(None) => Ok(()),
                         Err(ending) => break 'session ending,
@@ -162,7 +174,12 @@ pub async fn run(
                 }
                 FrameKind::Ping => {
                     unflushed = true;
-                    wr.write(Frame::pong(Payload::Bytes(frame.payload))).await
+                    match wr.write_boxed(Frame::pong(Payload::Bytes(frame.payload))) {
+                        None => Ok(()),
+                        Some(large) => {
+                            Box::pin(write_hearing(large, &mut closing, opts.close_timeout)).await
+                        }
+                    }
                 }
                 FrameKind::Pong => Ok(()),
                 FrameKind::Close { code } => {
@@ -171,8 +188,8 @@ pub async fn run(
                     break 'session Ending::Answer(code, reason);
                 }
             };
-            if let Err(e) = sent {
-                break 'session Ending::Gone(e.to_string());
+            if let Err(ending) = sent {
+                break 'session ending;
             }
             if meter.drained(consumed) {
                 break; // park
@@ -205,12 +222,14 @@ pub async fn run(
 /// Echoes the whole small data frames at the start of the parked bytes from where they lie
 /// (see [`super::burst`]); the bytes taken. `Err` ends the session, after the echoes of the
 /// frames before a violation.
-async fn echo_parked<R, W: AsyncWrite + Unpin>(
+async fn echo_parked<R, W: AsyncWrite + Unpin, C: Future<Output = CloseRequest>>(
     raw: &mut LegRead<R>,
     validator: &mut FrameValidator,
     echoer: &mut Echoer,
     wr: &mut FrameWriter<'_, W>,
+    closing: &mut Pin<&mut C>,
 ) -> Result<usize, Ending> {
+    let grace = echoer.close_timeout;
     let Some(parked) = raw.parked_mut() else {
         return Ok(0);
     };
@@ -230,9 +249,12 @@ async fn echo_parked<R, W: AsyncWrite + Unpin>(
         let continues = f.opcode == OpCode::Continuation;
         match echoer.data(f.fin, continues, opcode, payload) {
             Ok(Some(echo)) => {
-                if let Err(e) = wr.write(echo).await {
-                    stop = Some(Ending::Gone(e.to_string()));
-                    break;
+                // Gathered with the others, nothing to wait for, unless it does not fit.
+                if let Some(large) = wr.write_boxed(echo) {
+                    if let Err(ending) = Box::pin(write_hearing(large, closing, grace)).await {
+                        stop = Some(ending);
+                        break;
+                    }
                 }
             }
             Ok(None) => {}
@@ -252,6 +274,8 @@ struct Echoer {
     rate: Option<MessageRate>,
     /// Only fragmented messages are assembled here; whole frames go back without a copy.
     message: BytesMut,
+    /// How long a write that must wait still has once a close is asked for.
+    close_timeout: Duration,
 }
 
 impl Echoer {
@@ -291,20 +315,57 @@ impl Echoer {
     }
 }
 
-async fn on_tick<W: AsyncWrite + Unpin>(tick: Tick, wr: &mut FrameWriter<'_, W>) -> Option<Ending> {
+async fn on_tick<W: AsyncWrite + Unpin, C: Future<Output = CloseRequest>>(
+    tick: Tick,
+    wr: &mut FrameWriter<'_, W>,
+    closing: &mut Pin<&mut C>,
+    grace: Duration,
+) -> Option<Ending> {
     match tick {
         Tick::SendPing => {
             let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
-            wr.send(ping)
-                .await
-                .err()
-                .map(|e| Ending::Gone(e.to_string()))
+            // Gathered: the session flushes it with its next round of polls.
+            match wr.write_boxed(ping) {
+                None => None,
+                Some(large) => Box::pin(write_hearing(large, closing, grace)).await.err(),
+            }
         }
         Tick::TimedOut => Some(Ending::Close(
             close::GOING_AWAY,
             "keep-alive timeout",
             ClosedBy::Gateway,
         )),
+    }
+}
+
+/// Awaits a write that did not fit with the others (boxed, as is this, so that the session's
+/// future, an idle one's included, keeps no room for a write in flight), still hearing
+/// `closing` if it must wait: a close asked for meanwhile gives
+/// the write `grace` (`close_timeout`) to finish, since the Close may only follow whole
+/// frames, and a peer that takes nothing in that time is dropped without one. Otherwise a
+/// client that stopped reading would hold its session past drains and `max_connection_age`
+/// until the stall limit (see [`crate::stall`]).
+async fn write_hearing<C: Future<Output = CloseRequest>>(
+    write: impl Future<Output = Result<(), WebSocketError>>,
+    closing: &mut Pin<&mut C>,
+    grace: Duration,
+) -> Result<(), Ending> {
+    let gone = |e: WebSocketError| Ending::Gone(e.to_string());
+    let mut write = pin!(write);
+    if let Poll::Ready(written) = poll_once(write.as_mut()).await {
+        return written.map_err(gone);
+    }
+    tokio::select! {
+        biased;
+        written = write.as_mut() => written.map_err(gone),
+        request = closing.as_mut() => match tokio::time::timeout(grace, write).await {
+            Ok(Ok(())) => Err(Ending::Close(close::GOING_AWAY, request.reason(), ClosedBy::Gateway)),
+            Ok(Err(e)) => Err(gone(e)),
+            Err(_) => Err(Ending::Gone(format!(
+                "{} while the client was not reading",
+                request.reason()
+            ))),
+        },
     }
 }
 

@@ -44,6 +44,7 @@ use crate::error::UpstreamError;
 use crate::limits::MessageRate;
 use crate::service::{empty, text, with_close, Body, ConnContext};
 use crate::service::{spawn_session, upstream_failed, Admitted};
+use crate::stall::{self, Stalled};
 use crate::upgraded::Stream;
 use crate::upstream::connect::connect;
 use crate::upstream::handshake::open_websocket;
@@ -248,7 +249,11 @@ pub async fn run(
 ) -> SessionEnd {
     let (r_c, w_c) = client.split();
     let (r_u, w_u) = upstream.split();
-    let (mut w_c, mut w_u) = (LegWrite::new(w_c), LegWrite::new(w_u));
+    // A leg whose peer stops reading fails the pump that writes to it (see `stall`): with both
+    // pumps waiting on writes, neither would ever read a keep-alive answer again.
+    let limit = stall::limit(opts);
+    let mut w_c = LegWrite::new(Stalled::new(w_c, limit));
+    let mut w_u = LegWrite::new(Stalled::new(w_u, limit));
     let mut raw_c = LegRead::gated(r_c, opts.receive_buffer_size);
     let mut raw_u = LegRead::gated(r_u, opts.receive_buffer_size);
     // `*_c` channels carry frames for the client leg's writer, `*_u` for the upstream leg's.

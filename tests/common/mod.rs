@@ -309,6 +309,20 @@ pub async fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     out
 }
 
+/// Sends masked 16 KiB binary frames and never reads, until a write fails: returns once the
+/// gateway has dropped the connection, which it must do to a peer that stopped reading (its
+/// unread bytes make the drop a reset). Fails the test if that takes longer than the wait.
+pub async fn flood_until_dropped(s: TcpStream) {
+    let (_unread, mut w) = s.into_split();
+    let f = frame(true, 2, MASK, &[7u8; 16 * 1024]);
+    let dropped =
+        tokio::time::timeout(WAIT, async { while w.write_all(&f).await.is_ok() {} }).await;
+    assert!(
+        dropped.is_ok(),
+        "a peer that never reads was kept for {WAIT:?}"
+    );
+}
+
 pub const UPGRADE: &str = "GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
 
 /// Opens a WebSocket with raw bytes and returns the socket after the 101, for frame-level tests.
