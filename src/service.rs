@@ -139,7 +139,10 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         };
     };
     if !handshake::wants_websocket(&req) {
-        return if route.upstreams.is_empty() {
+        return if route.websocket == WsMode::Reject && route.upstreams.is_empty() {
+            // Nothing here is served: a 426 would invite an upgrade that gets 403.
+            text(StatusCode::FORBIDDEN, "this route serves nothing")
+        } else if route.upstreams.is_empty() {
             // An echo-only route: say what it speaks instead of a bare 404.
             upgrade_required(text(
                 StatusCode::UPGRADE_REQUIRED,
@@ -163,10 +166,17 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         return refuse(ctx, &ClientError::UpgradeRejected);
     }
     if let Err(e) = origin::check(req.headers(), &route.ws) {
-        metrics.upgrade(&route.path, "origin");
+        let outcome = match e {
+            ClientError::BadHandshake(_) => "handshake",
+            _ => "origin",
+        };
+        metrics.upgrade(&route.path, outcome);
         return refuse(ctx, &e);
     }
-    if ctx.shutdown.is_draining() {
+    // Upgrades are served through `drain_delay` like everything else, since the load balancer
+    // may still send them (they get their 1001 with the rest); only a request read after the
+    // listeners stopped, on a connection accepted before, is refused.
+    if ctx.shutdown.accepting_stopped().is_cancelled() {
         metrics.upgrade(&route.path, "draining");
         return with_close(text(StatusCode::SERVICE_UNAVAILABLE, "draining"));
     }

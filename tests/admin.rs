@@ -53,10 +53,14 @@ async fn metrics_and_status_match_the_traffic() {
     assert_eq!(expect_close(&mut ws).await, 4000);
     drop(ws);
 
-    // A refused origin is counted by reason.
+    // A refused origin and a bad handshake are counted by reason.
     let refused = format!("{UPGRADE}Origin: https://evil.test\r\n\r\n");
     let (_s, head) = raw_request(gw.addr(), refused.as_bytes()).await;
     assert_eq!(status_of(&head), 403);
+    // Two Origin headers are a bad handshake (400), counted as one.
+    let twice = format!("{UPGRADE}Origin: https://ok.test\r\nOrigin: https://evil.test\r\n\r\n");
+    let (_s, head) = raw_request(gw.addr(), twice.as_bytes()).await;
+    assert_eq!(status_of(&head), 400);
 
     // The session's figures arrive when it ends; wait for that event rather than for time.
     let metrics = tokio::time::timeout(WAIT, async {
@@ -81,6 +85,10 @@ async fn metrics_and_status_match_the_traffic() {
     );
     assert_eq!(
         v("wsgate_upgrades_total{route=\"/ws\",outcome=\"origin\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        v("wsgate_upgrades_total{route=\"/ws\",outcome=\"handshake\"}"),
         Some(1.0)
     );
     assert_eq!(

@@ -648,9 +648,38 @@ async fn health_and_sample_page() {
 
     // Shutdown: health flips to 503 at once while the listeners still accept for drain_delay,
     // then open WebSockets get 1001.
-    let mut gw =
-        Gateway::start(&config("").replace("health_path", "drain_delay: 2s\nhealth_path")).await;
+    let mut gw = Gateway::start(&draining_config()).await;
     let mut ws = connect(&gw.ws_url("/ws")).await;
+    begin_draining(&mut gw).await;
+    // Upgrades are served while the listeners accept (see
+    // `an_upgrade_during_drain_delay_gets_101_then_1001`); one read after they stopped, on a
+    // connection accepted before, is refused. Its head goes out in the window but for its
+    // last CRLF, so the connection is mid-request when the listeners stop and is not dropped.
+    let mut late = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    late.write_all(UPGRADE.as_bytes()).await.unwrap();
+    tokio::time::timeout(WAIT, gw.shutdown.accepting_stopped().cancelled())
+        .await
+        .expect("the listeners never stopped");
+    late.write_all(b"\r\n").await.unwrap();
+    let head = read_head(&mut late).await;
+    assert_eq!(status_of(&head), 503, "{head}");
+    assert_eq!(
+        head_header(&head, "connection").as_deref(),
+        Some("close"),
+        "{head}"
+    );
+    read_to_eof(&mut late).await;
+    assert_eq!(expect_close(&mut ws).await, 1001);
+    gw.stop().await;
+}
+
+/// The echo config with a `drain_delay` long enough to act within.
+fn draining_config() -> String {
+    config("").replace("health_path", "drain_delay: 2s\nhealth_path")
+}
+
+/// Starts the graceful shutdown and waits until health answers 503: `drain_delay` has begun.
+async fn begin_draining(gw: &mut Gateway) {
     gw.begin_shutdown();
     let flipped = async {
         loop {
@@ -665,10 +694,49 @@ async fn health_and_sample_page() {
     tokio::time::timeout(WAIT, flipped)
         .await
         .expect("health never answered 503");
-    // New upgrades are refused while draining.
-    let (_s, head) = raw_request(gw.addr(), format!("{UPGRADE}\r\n").as_bytes()).await;
-    assert_eq!(status_of(&head), 503);
-    assert!(gw.shutdown.is_draining());
+}
+
+/// `drain_delay` is there for the connections a load balancer still sends while it notices the
+/// 503: an upgrade among them is served, and closed with 1001 along with the others once the
+/// listeners stop.
+#[tokio::test]
+async fn an_upgrade_during_drain_delay_gets_101_then_1001() {
+    let mut gw = Gateway::start(&draining_config()).await;
+    begin_draining(&mut gw).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    assert!(
+        !gw.shutdown.accepting_stopped().is_cancelled(),
+        "drain_delay was over before the upgrade"
+    );
+    ws.send(Message::text("still served")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::text("still served")
+    );
     assert_eq!(expect_close(&mut ws).await, 1001);
+    assert!(gw.shutdown.accepting_stopped().is_cancelled());
+    gw.stop().await;
+}
+
+/// A `reject` route without upstreams serves nothing: a plain request gets the upgrade's 403,
+/// not a 426 inviting an upgrade that would then be refused.
+#[tokio::test]
+async fn a_reject_route_without_upstreams_refuses_plain_requests_with_403() {
+    let yaml = format!(
+        "listen:\n{}routes:\n  - path: /admin\n    websocket: reject\n  - path: /\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let (_s, head) = raw_request(
+        gw.addr(),
+        b"GET /admin/x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&head), 403, "{head}");
+    assert_eq!(head_header(&head, "upgrade"), None, "{head}");
+    assert_eq!(upgrade_status(gw.addr(), "/admin/x", "x").await.0, 403);
+    // An echo-only route still answers a plain request with the 426 that names its protocol.
+    let (_s, head) = raw_request(gw.addr(), b"GET /ws HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(status_of(&head), 426, "{head}");
     gw.stop().await;
 }

@@ -520,6 +520,52 @@ async fn subprotocol_is_the_apps_choice_among_the_offered() {
     gw.stop().await;
 }
 
+/// A route's `subprotocols` is what the gateway lets through: the app is offered only the
+/// client's protocols the route lists, in the client's order, or none.
+#[tokio::test]
+async fn the_routes_subprotocols_filter_what_the_app_is_offered() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(
+        &app.url(),
+        "",
+        "    subprotocols: [chat.v2, chat.v1]\n",
+    ))
+    .await;
+    let offer = |protocols: &str| format!("{UPGRADE}Sec-WebSocket-Protocol: {protocols}\r\n\r\n");
+
+    let client = spawn_request(gw.addr(), offer("x.v9, chat.v1, chat.v2"));
+    let mut up = app.accept().await;
+    let head = answer_upgrade(&mut up, "Sec-WebSocket-Protocol: chat.v2\r\n").await;
+    assert_eq!(
+        head_header(&head, "sec-websocket-protocol").as_deref(),
+        Some("chat.v1, chat.v2"),
+        "{head}"
+    );
+    let (_c1, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert_eq!(
+        head_header(&resp, "sec-websocket-protocol").as_deref(),
+        Some("chat.v2")
+    );
+
+    // Nothing listed is offered: the app is offered nothing, and the 101 carries nothing.
+    let client = spawn_request(gw.addr(), offer("x.v9"));
+    let mut up = app.accept().await;
+    let head = answer_upgrade(&mut up, "").await;
+    assert_eq!(head_header(&head, "sec-websocket-protocol"), None, "{head}");
+    let (_c2, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    assert_eq!(head_header(&resp, "sec-websocket-protocol"), None);
+
+    // A protocol the client offered but the app was not offered is no choice of the app's.
+    let client = spawn_request(gw.addr(), offer("x.v9, chat.v1"));
+    let mut up = app.accept().await;
+    answer_upgrade(&mut up, "Sec-WebSocket-Protocol: x.v9\r\n").await;
+    let (_c3, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 502, "{resp}");
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn close_codes_and_reasons_pass_through_both_ways() {
     let mut app = spawn_ws_app(None).await;
@@ -856,6 +902,31 @@ async fn shutdown_closes_both_legs_with_1001() {
     assert_eq!(expect_close(&mut ws).await, 1001);
     drop(ws);
     assert_eq!(app.next_close_code().await, 1001);
+    gw.stop().await;
+}
+
+/// `max_connection_age` retires a relayed session with the reason echo gives it, on both legs:
+/// it is no shutdown, and neither the client nor the app should be told it is.
+#[tokio::test]
+async fn an_age_limit_closes_both_legs_with_1001_connection_age_limit() {
+    let mut app = spawn_ws_app(None).await;
+    let yaml = config(&app.url(), "", "").replace("routes:", "max_connection_age: 300ms\nroutes:");
+    let gw = Gateway::start(&yaml).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    let close = loop {
+        match next_msg(&mut ws).await {
+            Some(Ok(Message::Close(frame))) => break frame,
+            Some(Ok(_)) => continue,
+            other => panic!("expected a Close, got {other:?}"),
+        }
+    };
+    let close = close.map(|f| (u16::from(f.code), f.reason.to_string()));
+    assert_eq!(close, Some((1001, "connection age limit".to_owned())));
+    drop(ws);
+    assert_eq!(
+        app.next_end().await,
+        Ok(Some((1001, "connection age limit".to_owned())))
+    );
     gw.stop().await;
 }
 

@@ -1144,6 +1144,14 @@ fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Re
         },
     };
 
+    if websocket == WsMode::Passthrough {
+        if let Some(field) = map.get("subprotocols") {
+            return Err(field.error(
+                "passthrough leaves the WebSocket handshake to the app, so wsgate cannot choose subprotocols here; let the app choose, or use relay",
+            ));
+        }
+    }
+
     let health_check = match map.get("health_check") {
         Some(field) if upstreams.is_empty() => {
             return Err(field.error("a health check needs upstreams to check"))
@@ -1910,6 +1918,33 @@ routes:
             )));
             assert_err(&e, 4, 5, "routes[0]", "needs upstreams");
         }
+    }
+
+    #[test]
+    fn passthrough_routes_take_no_subprotocols() {
+        let route = "routes:\n  - path: /ws\n    upstreams: [http://app:8080]\n";
+        let e = err(&with_listen(&format!(
+            "{route}    websocket: passthrough\n    subprotocols: [chat.v1]\n"
+        )));
+        assert_err(
+            &e,
+            7,
+            19,
+            "routes[0].subprotocols",
+            "passthrough leaves the WebSocket handshake to the app",
+        );
+        assert!(e.to_string().starts_with("test.yaml:7:19: "), "{e}");
+        // Passthrough by default, when wsgate does no WebSocket processing.
+        let e = err(&with_listen(&format!(
+            "websockets:\n  enabled: false\n{route}    subprotocols: [chat.v1]\n"
+        )));
+        assert_err(&e, 8, 19, "routes[0].subprotocols", "passthrough");
+        let c = load(&with_listen(&format!(
+            "{route}    subprotocols: [chat.v1]\n"
+        )))
+        .unwrap();
+        assert_eq!(c.routes[0].websocket, WsMode::Relay);
+        assert_eq!(c.routes[0].subprotocols, ["chat.v1"]);
     }
 
     #[test]

@@ -245,17 +245,21 @@ where
     // Biased: polled on every wake-up, where a random start costs a draw of tokio's RNG.
     let first = tokio::select! {
         biased;
-        _ = &mut *closing => None,
+        request = &mut *closing => Err(request),
         r = std::future::poll_fn(|cx| {
             if let Poll::Ready(end) = up.poll(cx, &mut client, &mut upstream) {
                 return Poll::Ready((true, end));
             }
             down.poll(cx, &mut upstream, &mut client).map(|end| (false, end))
-        }) => Some(r),
+        }) => Ok(r),
     };
     let (closed_by, reason) = match first {
-        None => (ClosedBy::Gateway, "server shutting down".to_owned()),
-        Some((client_first, end)) => {
+        // The access log gives an age limit the reason echo and relay give it.
+        Err(CloseRequest::Retired) => {
+            (ClosedBy::Gateway, CloseRequest::Retired.reason().to_owned())
+        }
+        Err(CloseRequest::GoingAway) => (ClosedBy::Gateway, "server shutting down".to_owned()),
+        Ok((client_first, end)) => {
             let verdict = match (client_first, end) {
                 (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),
                 (true, PipeEnd::Read(e)) => (ClosedBy::Client, e.to_string()),
@@ -485,5 +489,24 @@ mod tests {
             "every short read is copied before waiting"
         );
         assert_eq!(wakes.get(), 0, "without a yield");
+    }
+
+    /// A tunnel ended by its closer is logged with the closer's reason: an age limit as echo
+    /// and relay give it, anything else as shutdown.
+    #[tokio::test]
+    async fn a_closed_tunnel_is_logged_with_the_close_requests_reason() {
+        for (request, reason) in [
+            (CloseRequest::Retired, "connection age limit"),
+            (CloseRequest::GoingAway, "server shutting down"),
+        ] {
+            let (client, _client_peer) = tokio::io::duplex(64);
+            let (upstream, _upstream_peer) = tokio::io::duplex(64);
+            let mut closing = std::future::ready(request);
+            let end = tunnel(client, upstream, Duration::from_secs(1), &mut closing).await;
+            assert_eq!(
+                (end.closed_by, end.reason.as_str()),
+                (ClosedBy::Gateway, reason)
+            );
+        }
     }
 }

@@ -126,13 +126,15 @@ pub struct UpstreamSocket {
 }
 
 /// Opens a WebSocket to the upstream in wsgate's own name: a fresh key, the client's offered
-/// subprotocols and credentials, and no extensions, since relay forwards frames one by one and
-/// could not re-frame a compressed message. The caller bounds it with `upstream_timeout`.
+/// subprotocols (see [`protocols_to_offer`]) and credentials, and no extensions, since relay
+/// forwards frames one by one and could not re-frame a compressed message. The caller bounds
+/// it with `upstream_timeout`.
 pub async fn open_websocket(
     stream: UpstreamStream,
     upstream: &Upstream,
     client_uri: &Uri,
     client: &HeaderMap,
+    subprotocols: &[String],
     peer: IpAddr,
     tls: bool,
 ) -> Result<UpstreamSocket, UpstreamError> {
@@ -154,7 +156,7 @@ pub async fn open_websocket(
         header::SEC_WEBSOCKET_KEY,
         HeaderValue::from_str(&key).expect("base64 is a valid header value"),
     );
-    let offered = offered_protocols(client);
+    let offered = protocols_to_offer(offered_protocols(client), subprotocols);
     if !offered.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&offered.join(", ")) {
             headers.insert(header::SEC_WEBSOCKET_PROTOCOL, v);
@@ -188,7 +190,7 @@ pub async fn open_websocket(
             Ok(p) if offered.iter().any(|o| o == p) => Some(p.to_owned()),
             _ => {
                 return Err(UpstreamError::UpgradeRefused(format!(
-                    "chose subprotocol {v:?}, which the client did not offer"
+                    "chose subprotocol {v:?}, which it was not offered"
                 )))
             }
         },
@@ -202,6 +204,20 @@ pub async fn open_websocket(
         .await
         .map_err(UpstreamError::Http)?;
     Ok(UpstreamSocket { io, protocol })
+}
+
+/// What the upstream is offered of the client's subprotocols: all of them, or, when the route
+/// lists some, those it lists, in the client's order. The route's list is what the gateway
+/// lets through, as echo answers only from it; an empty result means the upstream is offered
+/// none, and the client's 101 then carries none, as echo's does.
+pub fn protocols_to_offer(offered: Vec<String>, subprotocols: &[String]) -> Vec<String> {
+    if subprotocols.is_empty() {
+        return offered;
+    }
+    offered
+        .into_iter()
+        .filter(|p| subprotocols.contains(p))
+        .collect()
 }
 
 #[cfg(test)]
@@ -249,6 +265,18 @@ mod tests {
             port,
             base_path: base_path.into(),
         }
+    }
+
+    #[test]
+    fn the_routes_subprotocols_filter_the_offer_in_the_clients_order() {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let client = list(&["x", "chat.v1", "chat.v2"]);
+        assert_eq!(protocols_to_offer(client.clone(), &[]), client);
+        assert_eq!(
+            protocols_to_offer(client.clone(), &list(&["chat.v2", "chat.v1"])),
+            list(&["chat.v1", "chat.v2"])
+        );
+        assert!(protocols_to_offer(client, &list(&["other"])).is_empty());
     }
 
     #[test]

@@ -35,7 +35,7 @@ use super::handshake::{switching_protocols, Handshake};
 use super::io::{wire_len, FrameWriter, LegRead, LegWrite};
 use super::keepalive::{KeepAlive, Tick};
 use super::session::{
-    configure_reader, discard, next_frame, poll_once, ClosedBy, SessionEnd, Signal,
+    configure_reader, discard, next_frame, poll_once, CloseRequest, ClosedBy, SessionEnd, Signal,
 };
 use super::stream::{key_at, recode_key, Head};
 use crate::buffer::{Turn, COPY_CHUNK};
@@ -163,6 +163,7 @@ pub async fn handle(
             upstream,
             req.uri(),
             req.headers(),
+            &route.subprotocols,
             ctx.peer.ip(),
             ctx.tls,
         )
@@ -214,10 +215,10 @@ pub async fn handle(
             async move {
                 let opts = &snapshot.config.routes[index].ws;
                 let message_rate = snapshot.config.limits.message_rate;
-                let close_now = Signal::default();
+                let close_now = CloseNow::default();
                 let closer = async {
-                    (&mut closing).await;
-                    close_now.raise().await;
+                    let request = (&mut closing).await;
+                    close_now.raise(request).await;
                     std::future::pending::<()>().await;
                 };
                 // Biased: polled on every wake-up, and a random start would cost a draw of
@@ -236,6 +237,34 @@ pub async fn handle(
     response
 }
 
+/// A relay's "close now with 1001", raised by its closer: a [`Signal`] for the pumps to watch,
+/// and why, so that both legs and the access log are told what echo would tell its client.
+#[derive(Debug, Default)]
+pub struct CloseNow {
+    raised: Signal,
+    request: OnceLock<CloseRequest>,
+}
+
+impl CloseNow {
+    pub async fn raise(&self, request: CloseRequest) {
+        let _ = self.request.set(request);
+        self.raised.raise().await;
+    }
+
+    fn raised(&self) -> impl std::future::Future<Output = ()> + '_ {
+        self.raised.raised()
+    }
+
+    /// The reason the 1001 carries. Shutdown and a draining reload keep the words relay has
+    /// always sent; an age limit says so, as echo does.
+    fn reason(&self) -> &'static str {
+        match self.request.get() {
+            Some(CloseRequest::Retired) => CloseRequest::Retired.reason(),
+            _ => "server shutting down",
+        }
+    }
+}
+
 /// Runs a relayed session until both legs are closed or `closing` asks for 1001 on both.
 /// `client` is the client's upgraded connection, `upstream` the upstream WebSocket;
 /// `message_rate` is the most messages per second the client may send (0: no limit), as in
@@ -245,7 +274,7 @@ pub async fn run(
     upstream: &mut Stream,
     opts: &WsOptions,
     message_rate: u32,
-    closing: &Signal,
+    closing: &CloseNow,
 ) -> SessionEnd {
     let (r_c, w_c) = client.split();
     let (r_u, w_u) = upstream.split();
@@ -491,7 +520,7 @@ struct PumpCtx<'a> {
     /// pump owns.
     ctl_back: &'a ControlQueue,
     ending: &'a OnceLock<Ending>,
-    closing: &'a Signal,
+    closing: &'a CloseNow,
     /// Raised when this pump stops forwarding, which starts the close deadline.
     stopped: &'a Signal,
 }
@@ -883,12 +912,9 @@ impl PumpCtx<'_> {
     }
 
     fn shutting_down(&self) -> Last {
-        self.record(
-            Some(close::GOING_AWAY),
-            ClosedBy::Gateway,
-            "server shutting down",
-        );
-        Last::close(close::GOING_AWAY, "server shutting down")
+        let reason = self.closing.reason();
+        self.record(Some(close::GOING_AWAY), ClosedBy::Gateway, reason);
+        Last::close(close::GOING_AWAY, reason)
     }
 
     /// A keep-alive tick on `from`'s leg: a Ping for the other pump to send on it, or the end.
@@ -991,7 +1017,7 @@ mod tests {
         let (ctl, ending, closing, stopped) = (
             ControlQueue::new(),
             OnceLock::new(),
-            Signal::default(),
+            CloseNow::default(),
             Signal::default(),
         );
         let ctx = PumpCtx {
