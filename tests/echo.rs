@@ -675,7 +675,7 @@ async fn health_and_sample_page() {
 
 /// The echo config with a `drain_delay` long enough to act within.
 fn draining_config() -> String {
-    config("").replace("health_path", "drain_delay: 2s\nhealth_path")
+    config("").replace("health_path", "drain_delay: 4s\nhealth_path")
 }
 
 /// Starts the graceful shutdown and waits until health answers 503: `drain_delay` has begun.

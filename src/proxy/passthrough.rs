@@ -502,7 +502,7 @@ mod tests {
             let (client, _client_peer) = tokio::io::duplex(64);
             let (upstream, _upstream_peer) = tokio::io::duplex(64);
             let mut closing = std::future::ready(request);
-            let end = tunnel(client, upstream, Duration::from_secs(1), &mut closing).await;
+            let end = tunnel(client, upstream, Duration::from_secs(1), None, &mut closing).await;
             assert_eq!(
                 (end.closed_by, end.reason.as_str()),
                 (ClosedBy::Gateway, reason)
