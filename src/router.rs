@@ -1,6 +1,8 @@
 //! Which route serves a request: routes with a matching `host` first, then the longest path
 //! prefix, matched on segment boundaries so `/chat` never captures `/chatter`.
 
+use std::borrow::Cow;
+
 use crate::config::{HostPattern, Route};
 
 /// Routes in match order, precomputed once per config snapshot so a request costs one scan.
@@ -20,7 +22,8 @@ impl Router {
         Self { order }
     }
 
-    /// `host` is the request's Host without port, any case.
+    /// `host` is the request's Host without port, any case; `path` is the request's path as
+    /// [`routing_path`] reads it, as route paths were read at load.
     pub fn find<'a>(
         &self,
         routes: &'a [Route],
@@ -47,6 +50,77 @@ pub fn path_matches(prefix: &str, path: &str) -> bool {
         Some(rest) => rest.is_empty() || rest.starts_with('/'),
         None => false,
     }
+}
+
+/// The path a request is routed by: the path as an app that decodes and normalises it would
+/// read it, so that no spelling of a path (`/%61dmin`, `//admin`, `/x/../admin`) reaches,
+/// through a route for `/`, what a `reject` route guards. Route paths in the config are put
+/// through it too, so a route and a request spelled differently still meet.
+///
+/// Every `%XX` is decoded once (`%2F` too: an app that decodes before splitting would see a
+/// slash there); bytes that are not UTF-8 keep their ASCII around them in the lossy form, which
+/// is all prefix matching looks at. A path with a `.` or `..` segment is refused rather than
+/// resolved: resolving it would route by a path the app may not resolve the same way. So is a
+/// malformed escape, which apps disagree about, and an encoded NUL, which ends C strings.
+/// Borrowed, without allocating, for a path with no `%` and no `//`.
+pub fn routing_path(raw: &str) -> Result<Cow<'_, str>, &'static str> {
+    let decoded = if raw.contains('%') {
+        Cow::Owned(percent_decode(raw)?)
+    } else {
+        Cow::Borrowed(raw)
+    };
+    if decoded
+        .split('/')
+        .any(|segment| segment == "." || segment == "..")
+    {
+        return Err("path with dot segments");
+    }
+    Ok(match decoded {
+        Cow::Borrowed(path) => merge_slashes(path),
+        Cow::Owned(path) if path.contains("//") => Cow::Owned(merge_slashes(&path).into_owned()),
+        owned => owned,
+    })
+}
+
+fn percent_decode(raw: &str) -> Result<String, &'static str> {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'%' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        let hex = |at: usize| {
+            bytes
+                .get(at)
+                .and_then(|b| (*b as char).to_digit(16))
+                .ok_or("malformed percent-encoding in path")
+        };
+        let byte = (hex(i + 1)? * 16 + hex(i + 2)?) as u8;
+        if byte == 0 {
+            return Err("encoded NUL in path");
+        }
+        out.push(byte);
+        i += 3;
+    }
+    Ok(String::from_utf8(out)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()))
+}
+
+/// `path` with each run of slashes made one.
+fn merge_slashes(path: &str) -> Cow<'_, str> {
+    if !path.contains("//") {
+        return Cow::Borrowed(path);
+    }
+    let mut merged = String::with_capacity(path.len());
+    for c in path.chars() {
+        if !(c == '/' && merged.ends_with('/')) {
+            merged.push(c);
+        }
+    }
+    Cow::Owned(merged)
 }
 
 fn host_matches(p: &HostPattern, host: &str) -> bool {
@@ -98,6 +172,48 @@ mod tests {
         assert!(path_matches("/chat/", "/chat/room"));
         assert!(!path_matches("/chat", "/chatter"));
         assert!(path_matches("/", "/anything"));
+    }
+
+    #[test]
+    fn routing_path_decodes_refuses_dot_segments_and_merges_slashes() {
+        let routed = |raw| routing_path(raw).map(|p| p.into_owned());
+        for (raw, path) in [
+            ("/%61dmin/ws", "/admin/ws"),
+            ("/adm%69n", "/admin"),
+            ("/ADM%49N", "/ADMIN"),
+            ("/caf%C3%A9", "/café"),
+            ("/caf%c3%a9", "/café"),
+            ("/a%2Fb", "/a/b"),
+            ("/%2F%2Fadmin", "/admin"),
+            ("//admin///x/", "/admin/x/"),
+            ("/a%252e%252e/b", "/a%2e%2e/b"),
+            ("/%FF/x", "/\u{FFFD}/x"),
+            ("/a.b/c..d", "/a.b/c..d"),
+            ("/.well-known/x", "/.well-known/x"),
+            ("/...", "/..."),
+            ("/%2e%2e%2e", "/..."),
+        ] {
+            assert_eq!(routed(raw).as_deref(), Ok(path), "{raw}");
+        }
+        for (raw, why) in [
+            ("/x/../admin", "dot segments"),
+            ("/%2e%2e/admin", "dot segments"),
+            ("/./admin", "dot segments"),
+            ("/a/%2E", "dot segments"),
+            ("/a/.%2e/b", "dot segments"),
+            ("/a%2F..%2Fadmin", "dot segments"),
+            ("/..", "dot segments"),
+            ("/%", "malformed"),
+            ("/a%2", "malformed"),
+            ("/%z1", "malformed"),
+            ("/%1z", "malformed"),
+            ("/%+1", "malformed"),
+            ("/a%00b", "NUL"),
+        ] {
+            let e = routed(raw).unwrap_err();
+            assert!(e.contains(why), "{raw}: {e}");
+        }
+        assert!(matches!(routing_path("/admin/x"), Ok(Cow::Borrowed(_))));
     }
 
     #[test]

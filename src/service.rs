@@ -47,12 +47,22 @@ pub async fn handle(
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
+    let client = ctx.client_ip(req.headers());
     // Whatever of a body is left unread when the answer goes out makes hyper close an HTTP/1
     // connection after it; the client must be told so, or it takes the close for a failure
     // and loses what it pipelined without knowing why. (HTTP/2 only resets the stream.)
     let body_pending =
         req.version() < Version::HTTP_2 && !hyper::body::Body::is_end_stream(req.body());
-    let mut resp = route(&ctx, req).await;
+    let max_head = ctx.snapshot.config.http.max_header_size;
+    let mut resp = if req.version() < Version::HTTP_2 && head_size(&req) > max_head {
+        info!(peer = %ctx.peer, max_head, "request head too large");
+        with_close(text(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large",
+        ))
+    } else {
+        route(&ctx, req, client).await
+    };
     if body_pending
         && resp.status() != StatusCode::SWITCHING_PROTOCOLS
         && resp.extensions().get::<BodyForwarded>().is_none()
@@ -63,6 +73,7 @@ pub async fn handle(
     info!(
         target: "wsgate::access",
         peer = %ctx.peer,
+        client = %client,
         method = %method,
         path = %path,
         status = resp.status().as_u16(),
@@ -77,7 +88,12 @@ pub async fn handle(
 #[derive(Clone, Copy)]
 pub struct BodyForwarded;
 
-async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<Body> {
+/// `client` is [`ConnContext::client_ip`] of the request, which the access log needs as well.
+async fn route(
+    ctx: &Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    client: std::net::IpAddr,
+) -> Response<Body> {
     if let Err(why) = settle_host(&mut req) {
         info!(peer = %ctx.peer, why, "bad request");
         return with_close(text(StatusCode::BAD_REQUEST, why));
@@ -116,19 +132,19 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
             .body(full(page))
             .expect("static response");
     }
-    // Routes are chosen by the path as an app that normalises it would read it: a dot segment
-    // (`/x/../admin`, `/%2e%2e/admin`) could otherwise reach, through a route for `/`, a path
-    // a `reject` route guards, so it is refused; empty segments (`//admin`) are merged.
-    if has_dot_segment(path) {
-        info!(peer = %ctx.peer, path, "path with dot segments refused");
-        return with_close(text(StatusCode::BAD_REQUEST, "path with dot segments"));
-    }
-    let merged = merge_slashes(path);
+    // The app still gets the path as it was sent; only the choice of route reads it decoded.
+    let routed = match crate::router::routing_path(path) {
+        Ok(routed) => routed,
+        Err(why) => {
+            info!(peer = %ctx.peer, path, why, "path refused");
+            return with_close(text(StatusCode::BAD_REQUEST, why));
+        }
+    };
     let host = request_host(&req);
     let Some((index, route)) = ctx
         .snapshot
         .router
-        .find(&config.routes, host.as_deref(), &merged)
+        .find(&config.routes, host.as_deref(), &routed)
     else {
         let resp = text(StatusCode::NOT_FOUND, "no route for this request");
         // A refused upgrade ends the connection, as every other refusal of one does.
@@ -180,7 +196,6 @@ async fn route(ctx: &Arc<ConnContext>, mut req: Request<Incoming>) -> Response<B
         metrics.upgrade(&route.path, "draining");
         return with_close(text(StatusCode::SERVICE_UNAVAILABLE, "draining"));
     }
-    let client = ctx.client_ip(req.headers());
     let permit = match ctx.limiter.admit(client, &config.limits) {
         Ok(permit) => permit,
         Err(refusal) => {
@@ -448,6 +463,28 @@ impl ConnContext {
     }
 }
 
+/// An HTTP/1 request head's size as it came: request line, one `name: value` line per field and
+/// the blank line. hyper bounds the head by its read buffer, which it checks between reads, so
+/// a head that one read takes from under `http.max_header_size` to past it is parsed whole;
+/// counted here, the limit holds to the byte (give or take the spaces around field values,
+/// which hyper has trimmed).
+fn head_size<B>(req: &Request<B>) -> usize {
+    let uri = req.uri();
+    let authority = match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(authority)) => scheme.as_str().len() + 3 + authority.as_str().len(),
+        (None, Some(authority)) => authority.as_str().len(),
+        _ => 0,
+    };
+    let target = authority + uri.path_and_query().map_or(0, |pq| pq.as_str().len());
+    let request_line = req.method().as_str().len() + 1 + target + " HTTP/1.1\r\n".len();
+    let fields: usize = req
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + 2 + value.len() + 2)
+        .sum();
+    request_line + fields + 2
+}
+
 /// RFC 9112 3.2: an HTTP/1.1 request names its host in exactly one Host header, and with an
 /// absolute-form target (or HTTP/2's :authority) the target's authority is the host and Host
 /// is replaced by it, so routing, the forwarded Host and X-Forwarded-Host all agree on one.
@@ -474,27 +511,6 @@ fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         Some(host) if !valid_host(host.as_bytes()) => Err("malformed Host"),
         _ => Ok(()),
     }
-}
-
-/// Whether a segment of `path` is `.` or `..`, written plainly or percent-encoded.
-fn has_dot_segment(path: &str) -> bool {
-    const DOTS: [&str; 6] = [".", "..", "%2e", "%2e%2e", ".%2e", "%2e."];
-    path.split('/')
-        .any(|segment| DOTS.iter().any(|dots| segment.eq_ignore_ascii_case(dots)))
-}
-
-/// `path` with each run of slashes made one.
-fn merge_slashes(path: &str) -> std::borrow::Cow<'_, str> {
-    if !path.contains("//") {
-        return std::borrow::Cow::Borrowed(path);
-    }
-    let mut merged = String::with_capacity(path.len());
-    for c in path.chars() {
-        if !(c == '/' && merged.ends_with('/')) {
-            merged.push(c);
-        }
-    }
-    std::borrow::Cow::Owned(merged)
 }
 
 /// `host[:port]` as RFC 9110 7.2 has it: a DNS name (one trailing dot allowed), an IPv4
@@ -650,29 +666,17 @@ mod tests {
     }
 
     #[test]
-    fn dot_segments_and_repeated_slashes() {
-        for dotted in [
-            "/x/../admin",
-            "/%2e%2e/admin",
-            "/./admin",
-            "/a/%2E",
-            "/a/.%2e/b",
-            "/..",
-        ] {
-            assert!(has_dot_segment(dotted), "{dotted}");
-        }
-        for plain in [
-            "/",
-            "/admin",
-            "/a.b/c..d",
-            "/.well-known/x",
-            "/...",
-            "/%2e%2e%2e",
-        ] {
-            assert!(!has_dot_segment(plain), "{plain}");
-        }
-        assert_eq!(merge_slashes("//admin///x/"), "/admin/x/");
-        assert_eq!(merge_slashes("/admin/x"), "/admin/x");
+    fn head_size_counts_the_head_as_sent() {
+        let head = "GET /a?b HTTP/1.1\r\nHost: x\r\nX-Pad: 12345\r\n\r\n";
+        let req = Request::get("/a?b")
+            .header(header::HOST, "x")
+            .header("x-pad", "12345")
+            .body(())
+            .unwrap();
+        assert_eq!(head_size(&req), head.len());
+        let absolute = "GET http://x:81/a HTTP/1.1\r\n\r\n";
+        let req = Request::get("http://x:81/a").body(()).unwrap();
+        assert_eq!(head_size(&req), absolute.len());
     }
 
     #[test]

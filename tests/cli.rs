@@ -317,7 +317,7 @@ fn the_shipped_example_configs_are_valid() {
 fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     let dir = TempDir::new("cli-access");
     let file = dir.path().join("access.yaml");
-    let one = "listen:\n  - address: 127.0.0.1:0\nlog_format: json\nroutes:\n  - path: /ws\n    websocket: echo\n";
+    let one = "listen:\n  - address: 127.0.0.1:0\nlog_format: json\ntrusted_proxies: [127.0.0.0/8]\nroutes:\n  - path: /ws\n    websocket: echo\n";
     std::fs::write(&file, one).unwrap();
     let mut child = spawn_logging(&file, &[]);
     let mut lines = StderrLines::of(&mut child);
@@ -388,16 +388,20 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     let health = rt.block_on(async {
         let (mut s, head) = raw_request(
             second.parse().unwrap(),
-            b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 203.0.113.7\r\nConnection: close\r\n\r\n",
         )
         .await;
         read_to_eof(&mut s).await;
         status_of(&head)
     });
     assert_eq!(health, 200);
+    // The request line names the client as the session lines do: from a trusted proxy, the
+    // address it forwarded for.
     let request =
         lines.next_matching(|l| l.contains("\"message\":\"request\"") && l.contains("/healthz"));
-    assert!(request.contains("\"status\":200"), "{request}");
+    for field in ["\"status\":200", "\"client\":\"203.0.113.7\""] {
+        assert!(request.contains(field), "{field} missing in {request}");
+    }
     std::fs::write(&file, one).unwrap();
     hup(&child);
     lines.next_matching(|l| l.contains("listener removed"));
@@ -463,8 +467,9 @@ fn rust_log_span_directives_work_and_a_bad_rust_log_is_reported() {
     std::fs::write(&file, ECHO_ONLY).unwrap();
 
     // Only the span directive lets a session's access line (info, target wsgate::access)
-    // through: the rest of the filter is warn, and info for wsgate::server alone.
-    let filter = std::ffi::OsStr::new("warn,wsgate::server=info,[ws]=info");
+    // through: the rest of the filter is warn, and info for wsgate::server alone. A field's
+    // value is written bare, as README's example has it: `mode="echo"` would match nothing.
+    let filter = std::ffi::OsStr::new("warn,wsgate::server=info,[ws{mode=echo}]=info");
     let mut child = spawn_logging(&file, &[("RUST_LOG", filter)]);
     let mut lines = StderrLines::of(&mut child);
     let addr = lines.listening();

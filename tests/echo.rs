@@ -572,12 +572,13 @@ async fn a_route_for_an_ipv6_host() {
     gw.stop().await;
 }
 
-/// A path is routed as an app that normalises it would read it: dot segments are refused and
-/// repeated slashes merged, so neither gets an upgrade past a `reject` route.
+/// A path is routed as an app that decodes and normalises it would read it: percent-encoding is
+/// decoded, dot segments and malformed escapes are refused and repeated slashes merged, so no
+/// spelling of a path gets an upgrade past a `reject` route.
 #[tokio::test]
-async fn dot_segments_and_double_slashes_do_not_get_past_a_reject_route() {
+async fn no_spelling_of_a_path_gets_past_a_reject_route() {
     let gw = Gateway::start(&format!(
-        "listen:\n{}routes:\n  - path: /admin\n    websocket: reject\n  - path: /\n    websocket: echo\n",
+        "listen:\n{}routes:\n  - path: /admin\n    websocket: reject\n  - path: /café\n    websocket: reject\n  - path: /\n    websocket: echo\n",
         plain_listener()
     ))
     .await;
@@ -585,12 +586,26 @@ async fn dot_segments_and_double_slashes_do_not_get_past_a_reject_route() {
         ("/ws", 101),
         ("/admin", 403),
         ("//admin", 403),
+        ("/%61dmin/ws", 403),
+        ("/adm%69n", 403),
+        ("/ADM%49N", 101),
+        ("/%2Fadmin", 403),
+        ("/caf%C3%A9/x", 403),
+        ("/%FFadmin", 101),
+        ("/%2561dmin", 101),
         ("/x/../admin", 400),
         ("/%2e%2e/admin", 400),
         ("/./admin", 400),
+        ("/x%2F..%2Fadmin", 400),
+        ("/%", 400),
+        ("/%z1dmin", 400),
+        ("/admin%00", 400),
     ] {
         let (got, head) = upgrade_status(gw.addr(), path, "localhost").await;
         assert_eq!(got, status, "{path}: {head}");
+        if status == 400 {
+            assert_eq!(head_header(&head, "connection").as_deref(), Some("close"));
+        }
     }
     gw.stop().await;
 }

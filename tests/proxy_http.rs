@@ -491,6 +491,64 @@ async fn http11_without_exactly_one_host_is_400() {
     gw.stop().await;
 }
 
+/// The route is chosen by the decoded path, but the app gets the path as the client sent it.
+#[tokio::test]
+async fn percent_encoding_is_decoded_for_routing_only() {
+    let app = spawn_recording_app().await;
+    let gw = Gateway::start(&config(
+        &format!("http://{}", app.addr),
+        "  - path: /admin\n    websocket: reject\n",
+    ))
+    .await;
+    // `/admin` has no upstreams: a plain request there is refused, however it is spelled.
+    for path in ["/admin", "/adm%69n", "/%61dmin/x", "/%2Fadmin"] {
+        let (status, _, body) = http_get(gw.addr(), path, &[]).await;
+        assert_eq!(status, 426, "{path}: {body}");
+    }
+    let req = b"GET /adm%zzn HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
+    expect_refused(gw.addr(), req, 400).await;
+    assert!(
+        app.heads.lock().unwrap().is_empty(),
+        "a request reached the app"
+    );
+    let (status, _, body) = http_get(gw.addr(), "/caf%C3%A9//%61?q=%2F", &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let first = app.heads.lock().unwrap()[0].clone();
+    assert!(
+        first.starts_with("GET /caf%C3%A9//%61?q=%2F HTTP/1.1\r\n"),
+        "{first}"
+    );
+    gw.stop().await;
+}
+
+/// `http.max_header_size` holds to the byte for heads larger than hyper's read buffer lets
+/// through: a head that one read takes past the limit is refused all the same.
+#[tokio::test]
+async fn max_header_size_is_exact_for_large_heads() {
+    let app = spawn_recording_app().await;
+    let gw = Gateway::start(&config(
+        &format!("http://{}", app.addr),
+        "http:\n  max_header_size: 32KiB\n",
+    ))
+    .await;
+    let head_of = |size: usize| {
+        let start = "GET /r HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\nX-Pad: ";
+        format!("{start}{}\r\n\r\n", "a".repeat(size - start.len() - 4))
+    };
+    for size in [30 * 1024, 32 * 1024] {
+        let (mut s, head) = raw_request(gw.addr(), head_of(size).as_bytes()).await;
+        assert_eq!(status_of(&head), 200, "{size}: {head}");
+        read_to_eof(&mut s).await;
+    }
+    expect_refused(gw.addr(), head_of(34 * 1024).as_bytes(), 431).await;
+    assert_eq!(
+        app.heads.lock().unwrap().len(),
+        2,
+        "the large head reached the app"
+    );
+    gw.stop().await;
+}
+
 /// A 101 the client never asked for would leave it on a connection that speaks nothing it
 /// knows: it gets 502, and what it pipelined behind is still served.
 #[tokio::test]

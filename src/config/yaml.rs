@@ -833,17 +833,20 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
                 .unwrap_or(log_defaults.format),
         },
     };
+    // The route a request spelled `path` would be routed to by its path alone; health and the
+    // page match the request's path as sent, and routes as decoded, so both spellings count.
+    let route_at = |path: &str| {
+        let routed = crate::router::routing_path(path).ok()?;
+        config.routes.iter().position(|r| r.path == *routed)
+    };
     // The page answers GETs at its path before any route is looked at: at a route's path it
-    // would answer that route's upgrades with HTML, and at the health path, the balancer's.
+    // would answer that route's GETs with HTML, and at the health path, the balancer's.
     if let (Some(page), Some(field)) = (&config.sample_page, top.get("sample_page")) {
         let hidden = if *page == config.health_path {
             Some("the health_path".to_owned())
         } else {
-            config
-                .routes
-                .iter()
-                .find(|r| r.path == *page)
-                .map(|r| format!("the path of the route at line {}", r.line))
+            route_at(page)
+                .map(|i| format!("the path of the route at line {}", config.routes[i].line))
         };
         if let Some(what) = hidden {
             return Err(field.error(format!(
@@ -851,7 +854,29 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             )));
         }
     }
+    // Health answers its path before any route is looked at, upgrades included: a route at the
+    // same path would have every upgrade to it answered `200 ok`. The default health_path is
+    // such a clash too, reported at the route's path, as there is no health_path key to name.
+    if let Some(i) = route_at(&config.health_path) {
+        let health = &config.health_path;
+        let line = config.routes[i].line;
+        return Err(match top.get("health_path") {
+            Some(field) => field.error(format!(
+                "health_path {health} is also the path of the route at line {line}, which health would hide"
+            )),
+            None => route_path_field(&top, i)?.error(format!(
+                "health_path (by default {health}) is also this route's path, which health would hide; set health_path to another path"
+            )),
+        });
+    }
     Ok(config)
+}
+
+/// `routes[i].path`, to report an error found once the routes are read.
+fn route_path_field<'a>(top: &Fields<'a>, i: usize) -> Result<Field<'a>> {
+    let routes = top.required("routes")?.items()?;
+    let route = routes[i].map(&[ROUTE_KEYS, WS_KEYS])?;
+    route.required("path")
 }
 
 fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
@@ -1109,7 +1134,7 @@ fn routes(field: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> 
 
 fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Result<Route> {
     let map = item.map(&[ROUTE_KEYS, WS_KEYS])?;
-    let path = map.required("path")?.parse(url_path)?;
+    let path = map.required("path")?.parse(route_path)?;
     let host = map.opt("host", |f| f.parse(host_pattern))?;
     let upstreams = map
         .opt("upstreams", |f| f.list(|u| u.parse(upstream)))?
@@ -1229,6 +1254,18 @@ fn url_path(s: &str) -> Result<String, String> {
         ));
     }
     Ok(s.to_string())
+}
+
+/// A route's path as requests are routed by it (decoded, slashes merged), so `/caf%C3%A9` and
+/// `/café` are one route, and one that no request could be routed to is an error here.
+fn route_path(s: &str) -> Result<String, String> {
+    let path = url_path(s)?;
+    match crate::router::routing_path(&path) {
+        Ok(routed) => Ok(routed.into_owned()),
+        Err(why) => Err(format!(
+            "invalid path {s:?}: {why} (requests are refused for one, so the route could never match)"
+        )),
+    }
 }
 
 /// RFC 7230 `token`, the syntax of `Sec-WebSocket-Protocol` values.
@@ -2563,6 +2600,69 @@ routes:
         );
         let e = err(&with_listen("sample_page: /healthz\n"));
         assert_err(&e, 3, 14, "sample_page", "is also the health_path");
+    }
+
+    #[test]
+    fn the_health_path_may_not_hide_a_route() {
+        let e = err(&with_listen(
+            "health_path: /ws\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        ));
+        assert_err(
+            &e,
+            3,
+            14,
+            "health_path",
+            "is also the path of the route at line 5",
+        );
+        // The same route spelled otherwise still clashes.
+        let e = err(&with_listen(
+            "health_path: //w%73\nroutes:\n  - path: /ws\n",
+        ));
+        assert_err(&e, 3, 14, "health_path", "route at line 5");
+        // The default health_path has no key to point at: the route's path is, naming both.
+        let e = err(&with_listen("routes:\n  - path: /a\n  - path: /healthz\n"));
+        assert_err(
+            &e,
+            5,
+            11,
+            "routes[1].path",
+            "health_path (by default /healthz) is also this route's path",
+        );
+        // Under a route, or beside it, health hides nothing the route would serve otherwise.
+        load(&with_listen(
+            "health_path: /ws/health\nroutes:\n  - path: /ws\n  - path: /\n",
+        ))
+        .unwrap();
+    }
+
+    #[test]
+    fn route_paths_are_read_as_requests_are_routed() {
+        let c = load(&with_listen(
+            "routes:\n  - path: /%61dmin//x/\n  - path: /caf%C3%A9\n",
+        ))
+        .unwrap();
+        let paths: Vec<&str> = c.routes.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/admin/x/", "/café"]);
+        let e = err(&with_listen(
+            "routes:\n  - path: /caf%C3%A9\n  - path: /café\n",
+        ));
+        assert_err(
+            &e,
+            5,
+            5,
+            "routes[1]",
+            "already routed by routes[0] (line 4)",
+        );
+        for (path, why) in [
+            ("/a/%zz", "malformed percent-encoding"),
+            ("/a%", "malformed percent-encoding"),
+            ("/a%00", "encoded NUL"),
+            ("/a/../b", "dot segments"),
+            ("/a/%2E", "dot segments"),
+        ] {
+            let e = err(&with_listen(&format!("routes:\n  - path: {path}\n")));
+            assert_err(&e, 4, 11, "routes[0].path", why);
+        }
     }
 
     #[test]
