@@ -11,6 +11,7 @@ use common::*;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const MIB: u64 = 1024 * 1024;
 const LARGE: u64 = 64 * MIB;
@@ -329,6 +330,63 @@ async fn slow_upstream_is_504_at_upstream_timeout() {
     // A slow answer is not a dead upstream: the next request still goes through.
     let (status, _, _) = http_get(gw.addr(), "/fine", &[]).await;
     assert_eq!(status, 200);
+    gw.stop().await;
+}
+
+/// `upstream_timeout` bounds how long the app takes to answer once it has the request: an
+/// upload slower than that, but moving, reaches the app whole and gets the app's answer. The
+/// pauses between pieces are the slow client under test, not synchronisation.
+#[tokio::test]
+async fn a_slow_upload_is_not_cut_by_upstream_timeout() {
+    let app_addr = spawn_http_app(None, count_body).await;
+    let gw = Gateway::start(&config(
+        &format!("http://{app_addr}"),
+        "    upstream_timeout: 300ms\n",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = "POST /count HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 4000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        s.write_all(&[b'u'; 1000]).await.unwrap();
+    }
+    let head = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    let mut count = [0u8; 4];
+    s.read_exact(&mut count).await.unwrap();
+    assert_eq!(&count, b"4000", "the app got the whole body");
+    gw.stop().await;
+}
+
+/// An app that answers only once it has the whole request body: how many bytes it had.
+async fn count_body(req: Request<Incoming>) -> Response<AppBody> {
+    let body = req.into_body().collect().await;
+    let n = body.map_or(0, |b| b.to_bytes().len());
+    Response::new(app_body(n.to_string()))
+}
+
+/// A client whose body stops arriving gets 408 at `upstream_timeout`: the app was waiting for
+/// it, so it is neither a 504 nor held against the app, which keeps serving.
+#[tokio::test]
+async fn a_stalled_upload_is_408_and_not_the_apps_fault() {
+    let app_addr = spawn_http_app(None, count_body).await;
+    let gw = Gateway::start(&config(
+        &format!("http://{app_addr}"),
+        "    upstream_timeout: 200ms\n",
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head = "POST /count HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 2000\r\n\r\n";
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&[b'u'; 1000]).await.unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 408, "{head}");
+    assert_eq!(head_header(&head, "connection").as_deref(), Some("close"));
+    for _ in 0..4 {
+        let (status, _, _) = http_get(gw.addr(), "/fine", &[]).await;
+        assert_eq!(status, 200);
+    }
     gw.stop().await;
 }
 

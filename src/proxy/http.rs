@@ -41,7 +41,7 @@ type Connector = HttpsConnector<HttpConnector>;
 /// The pooled client a route uses for its upstreams. One per route and config snapshot, so a
 /// reload that changes `ca:` never reuses connections verified against the old one.
 pub struct HttpClient {
-    client: Client<Connector, Incoming>,
+    client: Client<Connector, Upload>,
 }
 
 impl HttpClient {
@@ -114,8 +114,13 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
         }
     };
     let connection = capture_connection(&mut out);
-    let sent = tokio::time::timeout(route.upstream_timeout, upstreams.http.client.request(out));
-    let resp = match sent.await {
+    let (parts, body) = out.into_parts();
+    let (upload, progress) = Upload::new(body);
+    let sent = upstreams
+        .http
+        .client
+        .request(Request::from_parts(parts, upload));
+    let resp = match answer_within(sent, route.upstream_timeout, progress.as_deref()).await {
         Ok(Ok(resp)) => resp,
         Ok(Err(e)) => {
             let failure = classify(&e);
@@ -138,7 +143,13 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
                 }
             }
         }
-        Err(_) => {
+        Err(Late::Upload) => {
+            // The client stopped sending its body: not the app's fault, and nothing to eject.
+            let upstream = &lease.upstream().url;
+            debug!(%upstream, "request body stalled");
+            return text(StatusCode::REQUEST_TIMEOUT, "request body timed out");
+        }
+        Err(Late::Answer) => {
             // Only a connect that never finished counts against the upstream: a slow answer is
             // load, and ejecting on it would take out every instance exactly when all are busy.
             if connection.connection_metadata().is_none() {
@@ -182,6 +193,118 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
     };
     parts.extensions.insert(BodyForwarded);
     Response::from_parts(parts, body.boxed())
+}
+
+/// Why a request ran out of `upstream_timeout`.
+enum Late {
+    /// The app had the whole request (or all that came of it) and did not answer in time.
+    Answer,
+    /// The client's body stopped arriving while the app was waiting for it.
+    Upload,
+}
+
+/// Waits for the upstream's answer for `timeout`, counted from the later of the request's
+/// start and the last time its body moved: `upstream_timeout` bounds how long the app takes to
+/// answer, and an upload that takes longer than that (a large file, a slow client) is not
+/// the app being late. A body that stops moving for `timeout` ends the wait too, as the
+/// client's fault when the body was waiting on the client.
+async fn answer_within<F: std::future::Future>(
+    answer: F,
+    timeout: Duration,
+    progress: Option<&Progress>,
+) -> Result<F::Output, Late> {
+    let started = tokio::time::Instant::now();
+    let mut answer = std::pin::pin!(answer);
+    loop {
+        let from = progress.map_or(started, |p| p.last_moved(started));
+        if let Ok(answer) = tokio::time::timeout_at(from + timeout, answer.as_mut()).await {
+            return Ok(answer);
+        }
+        match progress {
+            Some(p) if p.last_moved(started) > from => continue,
+            Some(p) if p.waiting_on_client() => return Err(Late::Upload),
+            _ => return Err(Late::Answer),
+        }
+    }
+}
+
+/// A request body on its way to the upstream, telling [`answer_within`] when it last moved.
+/// A request without a body has nothing to tell and carries no [`Progress`].
+pub struct Upload {
+    inner: Incoming,
+    progress: Option<Arc<Progress>>,
+}
+
+/// When the body last moved, as nanoseconds since `base`, and whether it is waiting on the
+/// client (its last poll found nothing) rather than on the app (which is not taking it).
+pub struct Progress {
+    base: std::time::Instant,
+    moved: std::sync::atomic::AtomicU64,
+    waiting: std::sync::atomic::AtomicBool,
+}
+
+impl Progress {
+    fn last_moved(&self, started: tokio::time::Instant) -> tokio::time::Instant {
+        let nanos = self.moved.load(std::sync::atomic::Ordering::Relaxed);
+        let at = tokio::time::Instant::from_std(self.base + Duration::from_nanos(nanos));
+        at.max(started)
+    }
+
+    fn moved(&self) {
+        let nanos = self.base.elapsed().as_nanos() as u64;
+        self.moved
+            .store(nanos, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn waiting_on_client(&self) -> bool {
+        self.waiting.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Upload {
+    fn new(inner: Incoming) -> (Self, Option<Arc<Progress>>) {
+        let progress = (!hyper::body::Body::is_end_stream(&inner)).then(|| {
+            Arc::new(Progress {
+                base: std::time::Instant::now(),
+                moved: Default::default(),
+                waiting: Default::default(),
+            })
+        });
+        let upload = Upload {
+            inner,
+            progress: progress.clone(),
+        };
+        (upload, progress)
+    }
+}
+
+impl hyper::body::Body for Upload {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Some(p) = &self.progress {
+            let waiting = polled.is_pending();
+            p.waiting
+                .store(waiting, std::sync::atomic::Ordering::Relaxed);
+            if !waiting {
+                p.moved();
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The request as the upstream gets it: its URI, the client's Host, no hop-by-hop headers, and
