@@ -105,6 +105,15 @@ async fn route(
             "CONNECT is not supported",
         ));
     }
+    // RFC 9112 6.1: a coding wsgate cannot decode is refused (501), not passed on undecoded
+    // under a header that no longer names it. Its body is never read, so nothing after it is.
+    if let Some(coding) = proxy::foreign_transfer_coding(req.headers()) {
+        info!(peer = %ctx.peer, coding, "transfer coding not supported");
+        return with_close(text(
+            StatusCode::NOT_IMPLEMENTED,
+            "transfer coding not supported",
+        ));
+    }
     let config = &ctx.snapshot.config;
     let path = req.uri().path();
     if path == config.health_path {
@@ -119,6 +128,11 @@ async fn route(
         } else {
             text(StatusCode::OK, "ok")
         };
+    }
+    if req.method() == Method::TRACE {
+        // An app's echo of the request would show a script the cookies and credentials the
+        // browser keeps from it (cross-site tracing); nginx refuses TRACE the same way.
+        return text(StatusCode::METHOD_NOT_ALLOWED, "TRACE is not supported");
     }
     // An upgrade is never answered with the page: it goes on to the route that serves it.
     if config.sample_page.as_deref() == Some(path)

@@ -12,8 +12,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
@@ -22,10 +22,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tracing::{debug, warn};
 
-use super::{add_forwarding_headers, canonical, strip_hop_by_hop};
+use super::{add_forwarding_headers, canonical, foreign_transfer_coding, strip_hop_by_hop};
 use crate::config::{Route, Upstream};
 use crate::error::{Error, UpstreamError};
-use crate::service::{text, Body, BodyForwarded, BoxError, ConnContext};
+use crate::service::{empty, text, with_close, Body, BodyForwarded, BoxError, ConnContext};
 use crate::upstream::{self, connect, Lease};
 
 /// Idle pooled connections are closed after this; shorter than the 120 s or so most app servers
@@ -83,11 +83,65 @@ pub async fn forward(
     index: usize,
     req: Request<Incoming>,
 ) -> Response<Body> {
-    let resp = exchange(ctx, index, req).await;
+    let resp = match answer_here(&req) {
+        Some(resp) => resp,
+        None => exchange(ctx, index, req).await,
+    };
     let route = &ctx.snapshot.config.routes[index];
     ctx.metrics
         .http_request(&route.path, resp.status().as_u16());
     resp
+}
+
+/// The requests the gateway answers itself, as forwarding them could not do what they ask.
+fn answer_here(req: &Request<Incoming>) -> Option<Response<Body>> {
+    let body = req.body();
+    let length_unknown = !hyper::body::Body::is_end_stream(body)
+        && hyper::body::Body::size_hint(body).exact().is_none();
+    if length_unknown && sent_only_with_a_length(req.method()) {
+        debug!(method = %req.method(), "body of unknown length refused");
+        let resp = text(
+            StatusCode::LENGTH_REQUIRED,
+            "this method's body needs a Content-Length",
+        );
+        // The body is left unread, so an HTTP/1 connection ends after the answer.
+        return Some(if req.version() < Version::HTTP_2 {
+            with_close(resp)
+        } else {
+            resp
+        });
+    }
+    // RFC 9110 7.6.2: a recipient that is to forward with Max-Forwards 0 is the final one.
+    if req.method() == Method::OPTIONS && max_forwards(req.headers()) == Some(0) {
+        return Some(Response::new(empty()));
+    }
+    None
+}
+
+/// The methods whose body hyper's HTTP/1 client sends only with a known length: for these it
+/// writes a body of unknown length as none at all (hyper 1.x, `proto/h1/role.rs`,
+/// `Client::set_length`), and the app would get the request without what came with it. Which
+/// protocol the upstream speaks is known only once connected, so the rule holds for h2 too.
+fn sent_only_with_a_length(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::CONNECT)
+}
+
+/// The request's `Max-Forwards` when it has exactly one and that is a number (1*DIGIT); any
+/// other value is no instruction, and is passed on as it came.
+fn max_forwards(headers: &HeaderMap) -> Option<u64> {
+    let mut values = headers.get_all(header::MAX_FORWARDS).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    number(value.as_bytes())
+}
+
+/// A `1*DIGIT` field value as a number; a sign, a space or nothing at all makes it none.
+fn number(digits: &[u8]) -> Option<u64> {
+    if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
 async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) -> Response<Body> {
@@ -171,15 +225,23 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
             "upstream switched protocols unasked",
         );
     }
+    if let Some(coding) = foreign_transfer_coding(resp.headers()) {
+        let upstream = &lease.upstream().url;
+        warn!(
+            route = %route.path,
+            %upstream,
+            coding,
+            "upstream answered in a transfer coding wsgate does not decode"
+        );
+        return text(
+            StatusCode::BAD_GATEWAY,
+            "upstream answered in an unsupported transfer coding",
+        );
+    }
     let set_cookie = upstreams.set.set_cookie(&lease, sticky.as_deref());
 
     let (mut parts, body) = resp.into_parts();
-    // RFC 9112 6.3: with Transfer-Encoding, Content-Length means nothing. hyper decoded the body
-    // by the former, and hop-by-hop stripping drops it; a Content-Length left alone would frame
-    // that body for the client, cutting it short and desyncing the connection.
-    if parts.headers.contains_key(header::TRANSFER_ENCODING) {
-        parts.headers.remove(header::CONTENT_LENGTH);
-    }
+    settle_content_length(&mut parts.headers);
     strip_hop_by_hop(&mut parts.headers);
     if let Some(cookie) = set_cookie {
         parts.headers.append(header::SET_COOKIE, cookie);
@@ -307,6 +369,33 @@ impl hyper::body::Body for Upload {
     }
 }
 
+/// The upstream's `Content-Length` as the client gets it.
+///
+/// RFC 9112 6.3: with Transfer-Encoding, Content-Length means nothing. hyper decoded the body
+/// by the former, and hop-by-hop stripping drops it; a Content-Length left alone would frame
+/// that body for the client, cutting it short and desyncing the connection.
+///
+/// RFC 9110 8.6: a list of one value repeated (`2, 2`, or two lines of `2`) is that value, and
+/// hyper framed the body by it; many clients refuse the list, so they get the one number.
+/// (Differing values never get here: hyper refuses the answer.)
+fn settle_content_length(headers: &mut HeaderMap) {
+    if headers.contains_key(header::TRANSFER_ENCODING) {
+        headers.remove(header::CONTENT_LENGTH);
+        return;
+    }
+    let mut lengths = headers
+        .get_all(header::CONTENT_LENGTH)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(|n| number(n.trim_ascii()));
+    let Some(Some(first)) = lengths.next() else {
+        return;
+    };
+    if lengths.all(|n| n == Some(first)) {
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(first));
+    }
+}
+
 /// The request as the upstream gets it: its URI, the client's Host, no hop-by-hop headers, and
 /// the forwarding headers that tell the app who the client is.
 fn build_request(
@@ -326,6 +415,13 @@ fn build_request(
     let mut headers = parts.headers;
     strip_hop_by_hop(&mut headers);
     join_cookies(&mut headers);
+    // RFC 9110 7.6.2: each proxy on an OPTIONS request's way counts one off (0 never gets here:
+    // `answer_here` answers it).
+    if parts.method == Method::OPTIONS {
+        if let Some(left) = max_forwards(&headers).and_then(|n| n.checked_sub(1)) {
+            headers.insert(header::MAX_FORWARDS, HeaderValue::from(left));
+        }
+    }
     if let Some(host) = &host {
         headers.insert(header::HOST, host.clone());
     }
@@ -495,7 +591,6 @@ impl hyper::body::Body for LeasedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::HeaderMap;
     use std::net::SocketAddr;
 
     fn upstream(host: &str, base: &str, tls: bool) -> Upstream {
@@ -530,6 +625,46 @@ mod tests {
                 .path(),
             "/"
         );
+    }
+
+    #[test]
+    fn a_repeated_content_length_becomes_one() {
+        let settled = |te: bool, lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            if te {
+                h.insert(
+                    header::TRANSFER_ENCODING,
+                    HeaderValue::from_static("chunked"),
+                );
+            }
+            for line in lines {
+                h.append(header::CONTENT_LENGTH, line.parse().unwrap());
+            }
+            settle_content_length(&mut h);
+            let all: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().cloned().collect();
+            all
+        };
+        assert_eq!(settled(false, &["2, 2"]), ["2"]);
+        assert_eq!(settled(false, &["2", " 2 "]), ["2"]);
+        assert_eq!(settled(false, &["7"]), ["7"]);
+        assert!(settled(false, &[]).is_empty());
+        assert!(settled(true, &["2"]).is_empty());
+    }
+
+    #[test]
+    fn max_forwards_is_one_number_or_nothing() {
+        let parsed = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(header::MAX_FORWARDS, line.parse().unwrap());
+            }
+            max_forwards(&h)
+        };
+        assert_eq!(parsed(&["0"]), Some(0));
+        assert_eq!(parsed(&["007"]), Some(7));
+        for invalid in [&[][..], &["-1"], &["+1"], &["1.5"], &["x"], &["1", "1"]] {
+            assert_eq!(parsed(invalid), None, "{invalid:?}");
+        }
     }
 
     #[test]

@@ -10,18 +10,40 @@ use std::net::IpAddr;
 use ::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
 /// Hop-by-hop headers (RFC 9110 7.6.1 and the usual non-standard ones): they describe one
-/// connection, so they never cross the proxy in either direction.
-const HOP_BY_HOP: [&str; 9] = [
+/// connection, so they never cross the proxy in either direction. `Trailer` is not one: it
+/// names the fields at the end of this message, which travel with it, and hyper sends trailers
+/// on HTTP/1.1 only when `Trailer` has declared them.
+const HOP_BY_HOP: [&str; 8] = [
     "connection",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
     "proxy-authorization",
     "te",
-    "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+/// The first transfer coding in `Transfer-Encoding` that is not the one final `chunked`, if
+/// any. hyper takes off that `chunked` and nothing else, and the header goes no further (it is
+/// hop-by-hop), so a message in any other coding would arrive at the far end with its bytes
+/// still encoded and nothing saying so (RFC 9112 6.1). `chunked` twice counts: the inner one
+/// would be passed on as content. The last element is read as hyper reads it (no parameters,
+/// no empty element after it), so what hyper did not decode as chunked is never let through.
+pub(crate) fn foreign_transfer_coding(headers: &HeaderMap) -> Option<String> {
+    let codings: Vec<&[u8]> = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .collect();
+    let (last, before) = codings.split_last()?;
+    let foreign = before
+        .iter()
+        .find(|c| !c.is_empty())
+        .or((!last.eq_ignore_ascii_case(b"chunked")).then_some(last))?;
+    Some(String::from_utf8_lossy(foreign).into_owned())
+}
 
 /// Removes the fixed hop-by-hop headers and every header the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -129,6 +151,28 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_one_final_chunked_is_a_coding_hyper_has_undone() {
+        let coding = |lines: &[&str]| {
+            let mut h = HeaderMap::new();
+            for line in lines {
+                h.append(header::TRANSFER_ENCODING, line.parse().unwrap());
+            }
+            foreign_transfer_coding(&h)
+        };
+        assert_eq!(coding(&[]), None);
+        assert_eq!(coding(&["chunked"]), None);
+        assert_eq!(coding(&["Chunked"]), None);
+        assert_eq!(coding(&[" , chunked"]), None);
+        assert_eq!(coding(&["gzip, chunked"]).as_deref(), Some("gzip"));
+        assert_eq!(coding(&["GZIP", "chunked"]).as_deref(), Some("GZIP"));
+        assert_eq!(coding(&["chunked, chunked"]).as_deref(), Some("chunked"));
+        assert_eq!(coding(&["gzip"]).as_deref(), Some("gzip"));
+        // Read as hyper reads the last one: not chunked, so the body ran to the close.
+        assert_eq!(coding(&["chunked;x=1"]).as_deref(), Some("chunked;x=1"));
+        assert!(coding(&["chunked", ""]).is_some());
+    }
 
     #[test]
     fn kept_headers_survive_being_named_in_connection() {

@@ -266,6 +266,14 @@ pub async fn h2_get<S>(io: S, uri: &str) -> http::Response<hyper::body::Incoming
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    h2_send(io, http::Request::get(uri).body(app_body("")).unwrap()).await
+}
+
+/// [`h2_get`] for any request.
+pub async fn h2_send<S>(io: S, req: http::Request<AppBody>) -> http::Response<hyper::body::Incoming>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         hyper_util::rt::TokioIo::new(io),
@@ -273,9 +281,6 @@ where
     .await
     .expect("an HTTP/2 connection");
     tokio::spawn(conn);
-    let req = http::Request::get(uri)
-        .body(http_body_util::Empty::<bytes::Bytes>::new())
-        .unwrap();
     tokio::time::timeout(WAIT, sender.send_request(req))
         .await
         .expect("an HTTP/2 answer within the wait")
