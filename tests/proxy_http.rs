@@ -348,15 +348,7 @@ async fn slow_upstream_is_504_at_upstream_timeout() {
 /// pauses between pieces are the slow client under test, not synchronisation.
 #[tokio::test]
 async fn a_slow_upload_is_not_cut_by_upstream_timeout() {
-    let app_addr = spawn_http_app(None, count_body).await;
-    let gw = Gateway::start(&config(
-        &format!("http://{app_addr}"),
-        "    upstream_timeout: 300ms\n",
-    ))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let head = "POST /count HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 4000\r\n\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
+    let (gw, mut s) = start_upload("300ms", 4000).await;
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         s.write_all(&[b'u'; 1000]).await.unwrap();
@@ -369,26 +361,33 @@ async fn a_slow_upload_is_not_cut_by_upstream_timeout() {
     gw.stop().await;
 }
 
-/// An app that answers only once it has the whole request body: how many bytes it had.
-async fn count_body(req: Request<Incoming>) -> Response<AppBody> {
-    let body = req.into_body().collect().await;
-    let n = body.map_or(0, |b| b.to_bytes().len());
-    Response::new(app_body(n.to_string()))
+/// A gateway with `upstream_timeout` before an app that answers only once it has the whole
+/// request body (how many bytes it had), and a connection to it that has sent the head of a
+/// POST announcing `length` bytes.
+async fn start_upload(upstream_timeout: &str, length: usize) -> (Gateway, tokio::net::TcpStream) {
+    let app_addr = spawn_http_app(None, |req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await;
+        let n = body.map_or(0, |b| b.to_bytes().len());
+        Response::new(app_body(n.to_string()))
+    })
+    .await;
+    let gw = Gateway::start(&config(
+        &format!("http://{app_addr}"),
+        &format!("    upstream_timeout: {upstream_timeout}\n"),
+    ))
+    .await;
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let head =
+        format!("POST /count HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: {length}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    (gw, s)
 }
 
 /// A client whose body stops arriving gets 408 at `upstream_timeout`: the app was waiting for
 /// it, so it is neither a 504 nor held against the app, which keeps serving.
 #[tokio::test]
 async fn a_stalled_upload_is_408_and_not_the_apps_fault() {
-    let app_addr = spawn_http_app(None, count_body).await;
-    let gw = Gateway::start(&config(
-        &format!("http://{app_addr}"),
-        "    upstream_timeout: 200ms\n",
-    ))
-    .await;
-    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
-    let head = "POST /count HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 2000\r\n\r\n";
-    s.write_all(head.as_bytes()).await.unwrap();
+    let (gw, mut s) = start_upload("200ms", 2000).await;
     s.write_all(&[b'u'; 1000]).await.unwrap();
     let head = read_head(&mut s).await;
     assert_eq!(status_of(&head), 408, "{head}");
