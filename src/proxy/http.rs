@@ -292,15 +292,15 @@ async fn answer_within<F: std::future::Future>(
 
 /// A request body on its way to the upstream, telling [`answer_within`] when it last moved.
 /// A request without a body has nothing to tell and carries no [`Progress`].
-pub struct Upload {
+struct Upload {
     inner: Incoming,
     progress: Option<Arc<Progress>>,
 }
 
 /// When the body last moved, as nanoseconds since `base`, and whether it is waiting on the
 /// client (its last poll found nothing) rather than on the app (which is not taking it).
-pub struct Progress {
-    base: std::time::Instant,
+struct Progress {
+    base: tokio::time::Instant,
     moved: std::sync::atomic::AtomicU64,
     waiting: std::sync::atomic::AtomicBool,
 }
@@ -308,8 +308,7 @@ pub struct Progress {
 impl Progress {
     fn last_moved(&self, started: tokio::time::Instant) -> tokio::time::Instant {
         let nanos = self.moved.load(std::sync::atomic::Ordering::Relaxed);
-        let at = tokio::time::Instant::from_std(self.base + Duration::from_nanos(nanos));
-        at.max(started)
+        (self.base + Duration::from_nanos(nanos)).max(started)
     }
 
     fn moved(&self) {
@@ -327,7 +326,7 @@ impl Upload {
     fn new(inner: Incoming) -> (Self, Option<Arc<Progress>>) {
         let progress = (!hyper::body::Body::is_end_stream(&inner)).then(|| {
             Arc::new(Progress {
-                base: std::time::Instant::now(),
+                base: tokio::time::Instant::now(),
                 moved: Default::default(),
                 waiting: Default::default(),
             })
@@ -591,6 +590,7 @@ impl hyper::body::Body for LeasedBody {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::field_lines;
     use std::net::SocketAddr;
 
     fn upstream(host: &str, base: &str, tls: bool) -> Upstream {
@@ -630,15 +630,12 @@ mod tests {
     #[test]
     fn a_repeated_content_length_becomes_one() {
         let settled = |te: bool, lines: &[&str]| {
-            let mut h = HeaderMap::new();
+            let mut h = field_lines(header::CONTENT_LENGTH, lines);
             if te {
                 h.insert(
                     header::TRANSFER_ENCODING,
                     HeaderValue::from_static("chunked"),
                 );
-            }
-            for line in lines {
-                h.append(header::CONTENT_LENGTH, line.parse().unwrap());
             }
             settle_content_length(&mut h);
             let all: Vec<_> = h.get_all(header::CONTENT_LENGTH).iter().cloned().collect();
@@ -653,13 +650,7 @@ mod tests {
 
     #[test]
     fn max_forwards_is_one_number_or_nothing() {
-        let parsed = |lines: &[&str]| {
-            let mut h = HeaderMap::new();
-            for line in lines {
-                h.append(header::MAX_FORWARDS, line.parse().unwrap());
-            }
-            max_forwards(&h)
-        };
+        let parsed = |lines: &[&str]| max_forwards(&field_lines(header::MAX_FORWARDS, lines));
         assert_eq!(parsed(&["0"]), Some(0));
         assert_eq!(parsed(&["007"]), Some(7));
         for invalid in [&[][..], &["-1"], &["+1"], &["1.5"], &["x"], &["1", "1"]] {

@@ -148,6 +148,16 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     ip.to_canonical()
 }
 
+/// A header map holding `name` once per line, as a message carrying those field lines has it.
+#[cfg(test)]
+pub(crate) fn field_lines(name: HeaderName, lines: &[&str]) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for line in lines {
+        h.append(name.clone(), line.parse().unwrap());
+    }
+    h
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -155,11 +165,7 @@ mod tests {
     #[test]
     fn only_one_final_chunked_is_a_coding_hyper_has_undone() {
         let coding = |lines: &[&str]| {
-            let mut h = HeaderMap::new();
-            for line in lines {
-                h.append(header::TRANSFER_ENCODING, line.parse().unwrap());
-            }
-            foreign_transfer_coding(&h)
+            foreign_transfer_coding(&field_lines(header::TRANSFER_ENCODING, lines))
         };
         assert_eq!(coding(&[]), None);
         assert_eq!(coding(&["chunked"]), None);

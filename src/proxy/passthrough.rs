@@ -254,11 +254,7 @@ where
         }) => Ok(r),
     };
     let (closed_by, reason) = match first {
-        // The access log gives an age limit the reason echo and relay give it.
-        Err(CloseRequest::Retired) => {
-            (ClosedBy::Gateway, CloseRequest::Retired.reason().to_owned())
-        }
-        Err(CloseRequest::GoingAway) => (ClosedBy::Gateway, "server shutting down".to_owned()),
+        Err(request) => (ClosedBy::Gateway, request.forwarded_reason().to_owned()),
         Ok((client_first, end)) => {
             let verdict = match (client_first, end) {
                 (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),

@@ -255,13 +255,12 @@ impl CloseNow {
         self.raised.raised()
     }
 
-    /// The reason the 1001 carries. Shutdown and a draining reload keep the words relay has
-    /// always sent; an age limit says so, as echo does.
+    /// The reason the 1001 carries (see [`CloseRequest::forwarded_reason`]).
     fn reason(&self) -> &'static str {
-        match self.request.get() {
-            Some(CloseRequest::Retired) => CloseRequest::Retired.reason(),
-            _ => "server shutting down",
-        }
+        let request = self.request.get().copied();
+        request
+            .unwrap_or(CloseRequest::GoingAway)
+            .forwarded_reason()
     }
 }
 

@@ -144,6 +144,15 @@ impl CloseRequest {
             CloseRequest::Retired => "connection age limit",
         }
     }
+
+    /// The reason relay and passthrough give, to both legs and in the access log: the words
+    /// they have always used for a shutdown or a drain, and echo's for an age limit.
+    pub fn forwarded_reason(self) -> &'static str {
+        match self {
+            CloseRequest::GoingAway => "server shutting down",
+            CloseRequest::Retired => self.reason(),
+        }
+    }
 }
 
 /// When a session must close with 1001: its route's token is cancelled (shutdown or a drain
