@@ -264,6 +264,9 @@ pub struct Route {
     pub subprotocols: Vec<String>,
     /// `upstream_timeout`: connect + response head; beyond it 504.
     pub upstream_timeout: Duration,
+    /// `response_idle_timeout`: the longest pause in an upstream's response body before the
+    /// exchange is cut; `None` (`0`) waits forever, for event streams that pause longer.
+    pub response_idle_timeout: Option<Duration>,
     /// `ca`: PEM bundle that https upstreams are verified against instead of the system roots.
     pub ca: Option<PathBuf>,
     /// The global `websockets:` options with this route's overrides applied.

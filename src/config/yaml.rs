@@ -696,6 +696,7 @@ const ROUTE_KEYS: &[&str] = &[
     "health_check",
     "subprotocols",
     "upstream_timeout",
+    "response_idle_timeout",
     "ca",
 ];
 const HEALTH_KEYS: &[&str] = &[
@@ -1200,6 +1201,13 @@ fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Re
         upstream_timeout: map
             .opt("upstream_timeout", Field::nonzero_duration)?
             .unwrap_or(Duration::from_secs(30)),
+        // nginx's proxy_read_timeout default: an app that stops mid-body is cut after a
+        // minute rather than holding the client (and a pooled connection) forever.
+        response_idle_timeout: map
+            .opt("response_idle_timeout", Field::duration)?
+            .map_or(Some(Duration::from_secs(60)), |d| {
+                (!d.is_zero()).then_some(d)
+            }),
         ca: map.opt("ca", |f| {
             let path = existing_file(f, base_dir, "CA")?;
             // Read as the upstream connector reads it, so `wsgate check` refuses what it would.
@@ -1631,6 +1639,7 @@ routes:
       healthy_after: 1
     subprotocols: [chat.v2, json]
     upstream_timeout: 15s
+    response_idle_timeout: 0
     ca: ca.pem
     keep_alive_interval: 0
     keep_alive_timeout: 0
@@ -1742,6 +1751,7 @@ routes:
         );
         assert_eq!(r.subprotocols, vec!["chat.v2", "json"]);
         assert_eq!(r.upstream_timeout, Duration::from_secs(15));
+        assert_eq!(r.response_idle_timeout, None);
         assert_eq!(r.ca.as_deref(), Some(dir.0.join("ca.pem").as_path()));
         assert_eq!(
             r.ws,
@@ -1994,6 +2004,10 @@ routes:
         assert_eq!(modes, [WsMode::Echo, WsMode::Relay, WsMode::Echo]);
         assert_eq!(c.routes[1].balance, Balance::RoundRobin);
         assert_eq!(c.routes[1].upstream_timeout, Duration::from_secs(30));
+        assert_eq!(
+            c.routes[1].response_idle_timeout,
+            Some(Duration::from_secs(60))
+        );
         assert_eq!(
             c.routes.iter().map(|r| r.line).collect::<Vec<_>>(),
             [4, 5, 7]

@@ -83,11 +83,15 @@ pub async fn forward(
     index: usize,
     req: Request<Incoming>,
 ) -> Response<Body> {
+    let route = &ctx.snapshot.config.routes[index];
     let resp = match answer_here(&req) {
         Some(resp) => resp,
-        None => exchange(ctx, index, req).await,
+        None if needs_a_length(&req) => match read_whole(req, route.upstream_timeout).await {
+            Ok(req) => exchange(ctx, index, req).await,
+            Err(resp) => resp,
+        },
+        None => exchange(ctx, index, req.map(RequestBody::Streaming)).await,
     };
-    let route = &ctx.snapshot.config.routes[index];
     ctx.metrics
         .http_request(&route.path, resp.status().as_u16());
     resp
@@ -95,27 +99,83 @@ pub async fn forward(
 
 /// The requests the gateway answers itself, as forwarding them could not do what they ask.
 fn answer_here(req: &Request<Incoming>) -> Option<Response<Body>> {
-    let body = req.body();
-    let length_unknown = !hyper::body::Body::is_end_stream(body)
-        && hyper::body::Body::size_hint(body).exact().is_none();
-    if length_unknown && sent_only_with_a_length(req.method()) {
-        debug!(method = %req.method(), "body of unknown length refused");
-        let resp = text(
-            StatusCode::LENGTH_REQUIRED,
-            "this method's body needs a Content-Length",
-        );
-        // The body is left unread, so an HTTP/1 connection ends after the answer.
-        return Some(if req.version() < Version::HTTP_2 {
-            with_close(resp)
-        } else {
-            resp
-        });
-    }
     // RFC 9110 7.6.2: a recipient that is to forward with Max-Forwards 0 is the final one.
     if req.method() == Method::OPTIONS && max_forwards(req.headers()) == Some(0) {
         return Some(Response::new(empty()));
     }
     None
+}
+
+/// The most of a GET or HEAD body of unknown length that is read here to be sent on
+/// with a length: search APIs put queries of a few KiB in GET bodies, and anything larger
+/// should come with a Content-Length from a client that means it.
+const UNFRAMED_BODY_LIMIT: usize = 64 * 1024;
+
+/// Whether `req` has a body that hyper's client would drop: one of unknown length on a method
+/// it sends only with a length (chunked HTTP/1, or h2 DATA without content-length, which may
+/// well turn out empty).
+fn needs_a_length(req: &Request<Incoming>) -> bool {
+    let body = req.body();
+    let length_unknown = !hyper::body::Body::is_end_stream(body)
+        && hyper::body::Body::size_hint(body).exact().is_none();
+    length_unknown && sent_only_with_a_length(req.method())
+}
+
+/// Reads the body [`needs_a_length`] found, so it goes on with its length (or as none, when
+/// it was empty), each frame within `timeout` as an upload's would be. A body past
+/// [`UNFRAMED_BODY_LIMIT`], or with trailers (which a length-framed HTTP/1 body cannot carry),
+/// gets 411: the client can send it again with a Content-Length.
+async fn read_whole(
+    req: Request<Incoming>,
+    timeout: Duration,
+) -> Result<Request<RequestBody>, Response<Body>> {
+    let (parts, mut body) = req.into_parts();
+    // Whatever is left unread ends an HTTP/1 connection after the answer.
+    let refuse = |status, message: &str| {
+        let resp = text(status, message);
+        if parts.version < Version::HTTP_2 {
+            with_close(resp)
+        } else {
+            resp
+        }
+    };
+    let mut whole = bytes::BytesMut::new();
+    loop {
+        let frame = match tokio::time::timeout(timeout, body.frame()).await {
+            Err(_) => {
+                debug!(method = %parts.method, "request body stalled");
+                return Err(refuse(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "request body timed out",
+                ));
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                debug!(method = %parts.method, error = %e, "request body failed");
+                return Err(refuse(
+                    StatusCode::BAD_REQUEST,
+                    "request body could not be read",
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        match frame.into_data() {
+            Ok(data) if whole.len() + data.len() <= UNFRAMED_BODY_LIMIT => {
+                whole.extend_from_slice(&data)
+            }
+            _ => {
+                debug!(method = %parts.method, "body of unknown length refused");
+                return Err(refuse(
+                    StatusCode::LENGTH_REQUIRED,
+                    "this method's body needs a Content-Length",
+                ));
+            }
+        }
+    }
+    Ok(Request::from_parts(
+        parts,
+        RequestBody::Whole(whole.freeze()),
+    ))
 }
 
 /// The methods whose body hyper's HTTP/1 client sends only with a known length: for these it
@@ -144,7 +204,11 @@ fn number(digits: &[u8]) -> Option<u64> {
     std::str::from_utf8(digits).ok()?.parse().ok()
 }
 
-async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) -> Response<Body> {
+async fn exchange(
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    req: Request<RequestBody>,
+) -> Response<Body> {
     let route = &ctx.snapshot.config.routes[index];
     let Some(upstreams) = ctx.snapshot.upstreams(index) else {
         // service.rs only calls us for routes with upstreams; a snapshot without them is a bug.
@@ -250,6 +314,10 @@ async fn exchange(ctx: &Arc<ConnContext>, index: usize, req: Request<Incoming>) 
     // HTTP/1.0 must not leak into that.
     parts.version = Version::HTTP_11;
     let body = LeasedBody {
+        idle: match hyper::body::Body::is_end_stream(&body) {
+            true => None,
+            false => IdleLimit::new(route, lease.upstream()),
+        },
         inner: body,
         lease: Some(lease),
     };
@@ -290,10 +358,17 @@ async fn answer_within<F: std::future::Future>(
     }
 }
 
+/// A request body as it reaches [`exchange`]: the client's own, streamed on, or one read
+/// whole by [`read_whole`] so that it can be sent with its length.
+enum RequestBody {
+    Streaming(Incoming),
+    Whole(Bytes),
+}
+
 /// A request body on its way to the upstream, telling [`answer_within`] when it last moved.
-/// A request without a body has nothing to tell and carries no [`Progress`].
+/// A body that is already whole (or empty) has nothing to tell and carries no [`Progress`].
 struct Upload {
-    inner: Incoming,
+    inner: RequestBody,
     progress: Option<Arc<Progress>>,
 }
 
@@ -323,8 +398,10 @@ impl Progress {
 }
 
 impl Upload {
-    fn new(inner: Incoming) -> (Self, Option<Arc<Progress>>) {
-        let progress = (!hyper::body::Body::is_end_stream(&inner)).then(|| {
+    fn new(inner: RequestBody) -> (Self, Option<Arc<Progress>>) {
+        let streaming =
+            matches!(&inner, RequestBody::Streaming(b) if !hyper::body::Body::is_end_stream(b));
+        let progress = streaming.then(|| {
             Arc::new(Progress {
                 base: tokio::time::Instant::now(),
                 moved: Default::default(),
@@ -347,7 +424,14 @@ impl hyper::body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let body = match &mut self.inner {
+            RequestBody::Streaming(body) => body,
+            RequestBody::Whole(whole) if whole.is_empty() => return Poll::Ready(None),
+            RequestBody::Whole(whole) => {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(whole)))))
+            }
+        };
+        let polled = Pin::new(body).poll_frame(cx);
         if let Some(p) = &self.progress {
             let waiting = polled.is_pending();
             p.waiting
@@ -360,11 +444,17 @@ impl hyper::body::Body for Upload {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match &self.inner {
+            RequestBody::Streaming(body) => body.is_end_stream(),
+            RequestBody::Whole(whole) => whole.is_empty(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.inner {
+            RequestBody::Streaming(body) => body.size_hint(),
+            RequestBody::Whole(whole) => SizeHint::with_exact(whole.len() as u64),
+        }
     }
 }
 
@@ -397,11 +487,11 @@ fn settle_content_length(headers: &mut HeaderMap) {
 
 /// The request as the upstream gets it: its URI, the client's Host, no hop-by-hop headers, and
 /// the forwarding headers that tell the app who the client is.
-fn build_request(
+fn build_request<B>(
     ctx: &ConnContext,
     upstream: &Upstream,
-    req: Request<Incoming>,
-) -> Result<Request<Incoming>, http::Error> {
+    req: Request<B>,
+) -> Result<Request<B>, http::Error> {
     let (parts, body) = req.into_parts();
     let uri = upstream_uri(upstream, &parts.uri)?;
     // HTTP/2 clients may send only :authority; the app still expects a Host.
@@ -412,7 +502,14 @@ fn build_request(
             .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
     });
     let mut headers = parts.headers;
+    let trailers = accepts_trailers(&headers);
     strip_hop_by_hop(&mut headers);
+    // TE is hop-by-hop, but "trailers" says the client takes what an app may send only when
+    // asked (gRPC's status): asked on its behalf, since trailers are passed through. No
+    // `Connection: TE` with it: hyper's h2 client would then strip the TE it names.
+    if trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     join_cookies(&mut headers);
     // RFC 9110 7.6.2: each proxy on an OPTIONS request's way counts one off (0 never gets here:
     // `answer_here` answers it).
@@ -434,6 +531,19 @@ fn build_request(
     *out.version_mut() = Version::HTTP_11;
     *out.headers_mut() = headers;
     Ok(out)
+}
+
+/// Whether a `TE` field lists `trailers` (RFC 9110 10.1.4; any case, parameters ignored).
+fn accepts_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            let name = t.split(';').next().unwrap_or_default();
+            name.trim().eq_ignore_ascii_case("trailers")
+        })
 }
 
 /// An HTTP/2 client may split its cookies over several `cookie` fields (RFC 9113 8.2.3), and
@@ -553,10 +663,53 @@ fn chain_text(e: &(dyn StdError + 'static)) -> String {
 
 /// The upstream's response body, holding the lease until the body ends, so least_connections
 /// counts a long-polling or streaming response as in flight for as long as it is.
+///
+/// It also bounds how long the body may pause (`response_idle_timeout`): the answer's head is
+/// bounded by `upstream_timeout`, and without this an app that stops mid-body would hold the
+/// client, and the connection to the app, for as long as either stays up.
 struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
+    idle: Option<IdleLimit>,
 }
+
+/// The pause a response body is allowed, and the timer set for the current one. The timer is
+/// (re)set when a poll finds nothing after one that found data, so time the client takes to
+/// read what came (hyper polls the body only when it can write) is not counted as a pause.
+struct IdleLimit {
+    limit: Duration,
+    timer: Pin<Box<tokio::time::Sleep>>,
+    moved: bool,
+    route: Arc<str>,
+    upstream: Arc<str>,
+}
+
+impl IdleLimit {
+    fn new(route: &Route, upstream: &Upstream) -> Option<Self> {
+        let limit = route.response_idle_timeout?;
+        Some(Self {
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            moved: false,
+            route: route.path.as_str().into(),
+            upstream: upstream.url.as_str().into(),
+        })
+    }
+
+    /// Whether the pause that a pending poll found has run out.
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if std::mem::take(&mut self.moved) {
+            let deadline = tokio::time::Instant::now() + self.limit;
+            self.timer.as_mut().reset(deadline);
+        }
+        std::future::Future::poll(self.timer.as_mut(), cx).is_ready()
+    }
+}
+
+/// The app paused its response body for longer than `response_idle_timeout`.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream response body paused longer than {0:?}")]
+struct BodyStalled(Duration);
 
 impl hyper::body::Body for LeasedBody {
     type Data = Bytes;
@@ -568,6 +721,24 @@ impl hyper::body::Body for LeasedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(idle) = &mut this.idle {
+            match &polled {
+                Poll::Pending if idle.expired(cx) => {
+                    warn!(
+                        route = %idle.route,
+                        upstream = %idle.upstream,
+                        limit = ?idle.limit,
+                        "upstream response body stalled; response cut"
+                    );
+                    let stalled = BodyStalled(idle.limit);
+                    this.idle = None;
+                    this.lease = None;
+                    return Poll::Ready(Some(Err(Box::new(stalled))));
+                }
+                Poll::Pending => {}
+                Poll::Ready(_) => idle.moved = true,
+            }
+        }
         // Released before the last frame is handed on, so a client that sends its next request
         // as soon as this one ends always finds the count already lowered.
         match &polled {
@@ -656,6 +827,17 @@ mod tests {
         for invalid in [&[][..], &["-1"], &["+1"], &["1.5"], &["x"], &["1", "1"]] {
             assert_eq!(parsed(invalid), None, "{invalid:?}");
         }
+    }
+
+    #[test]
+    fn te_trailers_is_found_in_any_list() {
+        let found = |lines: &[&str]| accepts_trailers(&field_lines(header::TE, lines));
+        assert!(found(&["trailers"]));
+        assert!(found(&["gzip;q=0.5, Trailers"]));
+        assert!(found(&["gzip", " trailers ;q=1"]));
+        assert!(!found(&["gzip, deflate"]));
+        assert!(!found(&["trailersx"]));
+        assert!(!found(&[]));
     }
 
     #[test]

@@ -286,6 +286,7 @@ mod tests {
             health_check: None,
             subprotocols: vec![],
             upstream_timeout: Duration::from_secs(1),
+            response_idle_timeout: None,
             ca: None,
             ws: WsOptions::default(),
             line: 1,
