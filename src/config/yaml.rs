@@ -1174,11 +1174,17 @@ fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Re
         },
     };
 
-    if websocket == WsMode::Passthrough {
-        if let Some(field) = map.get("subprotocols") {
-            return Err(field.error(
+    // A list that could never be used would read as if it were: refused where no handshake of
+    // wsgate's ever reads it.
+    if let Some(field) = map.get("subprotocols") {
+        match websocket {
+            WsMode::Passthrough => return Err(field.error(
                 "passthrough leaves the WebSocket handshake to the app, so wsgate cannot choose subprotocols here; let the app choose, or use relay",
-            ));
+            )),
+            WsMode::Reject => return Err(field.error(
+                "a reject route refuses every upgrade, so it never negotiates a subprotocol; remove subprotocols or use echo or relay",
+            )),
+            WsMode::Echo | WsMode::Relay => {}
         }
     }
 
@@ -1988,6 +1994,45 @@ routes:
         .unwrap();
         assert_eq!(c.routes[0].websocket, WsMode::Relay);
         assert_eq!(c.routes[0].subprotocols, ["chat.v1"]);
+    }
+
+    #[test]
+    fn reject_routes_take_no_subprotocols() {
+        for route in [
+            "routes:\n  - path: /ws\n",
+            "routes:\n  - path: /ws\n    upstreams: [http://app:8080]\n",
+        ] {
+            let e = err(&with_listen(&format!(
+                "{route}    websocket: reject\n    subprotocols: [chat.v1]\n"
+            )));
+            let line = route.lines().count() + 4;
+            assert_err(
+                &e,
+                line,
+                19,
+                "routes[0].subprotocols",
+                "a reject route refuses every upgrade, so it never negotiates a subprotocol",
+            );
+            assert!(
+                e.to_string().starts_with(&format!("test.yaml:{line}:19: ")),
+                "{e}"
+            );
+        }
+        // An empty list is as meaningless there as a full one.
+        let e = err(&with_listen(
+            "routes:\n  - path: /ws\n    websocket: reject\n    subprotocols: []\n",
+        ));
+        assert_err(&e, 6, 19, "routes[0].subprotocols", "reject route");
+        // With wsgate's WebSocket processing off, reject is still wsgate's answer.
+        let e = err(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /ws\n    websocket: reject\n    subprotocols: [chat.v1]\n",
+        ));
+        assert_err(&e, 8, 19, "routes[0].subprotocols", "reject route");
+        let c = load(&with_listen(
+            "routes:\n  - path: /ws\n    websocket: reject\n",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].websocket, WsMode::Reject);
     }
 
     #[test]
