@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::fmt::Write;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,12 +22,18 @@ use crate::server::State;
 use crate::service::{full, text, Body};
 use crate::shutdown::Shutdown;
 
-pub async fn bind(addr: SocketAddr) -> Result<TcpListener, Error> {
-    TcpListener::bind(addr).await.map_err(|reason| Error::Bind {
-        at: "admin.address".into(),
-        addr,
-        reason,
-    })
+/// `source` is the config file's name, for the message when the address cannot be bound.
+pub async fn bind(cfg: &crate::config::Admin, source: &str) -> Result<TcpListener, Error> {
+    TcpListener::bind(cfg.address)
+        .await
+        .map_err(|reason| Error::Bind {
+            file: source.to_owned(),
+            line: cfg.line,
+            column: cfg.column,
+            key: "admin.address".into(),
+            addr: cfg.address,
+            reason,
+        })
 }
 
 /// Serves until `stop` (a reload that moves or removes the admin listener), else until the

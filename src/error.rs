@@ -24,12 +24,21 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error("{file}: {message}")]
     Tls { file: String, message: String },
-    /// The reason is part of the message rather than a `source`, which `{:#}` would print a
-    /// second time. `at` names where the address was configured (`file:line: listen`, or
-    /// `admin.address`).
-    #[error("{at}: cannot listen on {addr}: {reason}")]
+    /// Located as a [`ConfigError`] is (`file:line:column: key:`), because the fix is in the
+    /// file at that key, however late the port turned out to be taken. The reason is part of the
+    /// message rather than a `source`, which `{:#}` would print a second time.
+    #[error(
+        "{}:{line}:{column}: {key}: cannot listen on {addr}: {reason}",
+        crate::config::one_line(file)
+    )]
     Bind {
-        at: String,
+        file: String,
+        /// 1-based.
+        line: usize,
+        /// 1-based.
+        column: usize,
+        /// `listen[1].address` or `admin.address`.
+        key: String,
         addr: SocketAddr,
         reason: io::Error,
     },

@@ -32,10 +32,18 @@ pub struct BoundListener {
     pub local_addr: SocketAddr,
 }
 
-/// `source` is the config file's name, for the message when the address cannot be bound.
-pub async fn bind(cfg: &ListenerConfig, source: &str) -> Result<BoundListener, Error> {
+/// `source` is the config file's name and `index` the listener's place in `listen`, for the
+/// message when the address cannot be bound.
+pub async fn bind(
+    cfg: &ListenerConfig,
+    index: usize,
+    source: &str,
+) -> Result<BoundListener, Error> {
     let bind_err = |reason| Error::Bind {
-        at: format!("{source}:{}: listen", cfg.line),
+        file: source.to_owned(),
+        line: cfg.line,
+        column: cfg.column,
+        key: format!("listen[{index}].address"),
         addr: cfg.address,
         reason,
     };

@@ -219,11 +219,11 @@ impl Server {
         let snapshot = Snapshot::new(config, shutdown.sockets_closing())?;
         let config = &snapshot.config;
         let mut listeners = Vec::with_capacity(config.listen.len());
-        for l in &config.listen {
-            listeners.push(listener::bind(l, &config.source).await?);
+        for (i, l) in config.listen.iter().enumerate() {
+            listeners.push(listener::bind(l, i, &config.source).await?);
         }
-        let admin = match config.admin {
-            Some(addr) => Some(admin::bind(addr).await?),
+        let admin = match &config.admin {
+            Some(cfg) => Some(admin::bind(cfg, &config.source).await?),
             None => None,
         };
         let (reload_tx, reload_rx) = mpsc::channel(4);
@@ -295,7 +295,7 @@ impl Server {
         };
         let snapshot = state.current();
         if let (Some(configured), Some(listener)) = (snapshot.config.admin, admin) {
-            running.start_admin(configured, listener);
+            running.start_admin(configured.address, listener);
         }
         for (bound, key) in listeners.into_iter().zip(snapshot.config.listener_keys()) {
             running.start_listener(key, bound);
@@ -427,15 +427,19 @@ impl Running {
         let snapshot = Arc::new(snapshot);
         let mut added = Vec::new();
         let keys = snapshot.config.listener_keys();
-        for (l, key) in snapshot.config.listen.iter().zip(&keys) {
+        for (i, (l, key)) in snapshot.config.listen.iter().zip(&keys).enumerate() {
             if !self.accepting.contains_key(key) {
-                added.push((*key, listener::bind(l, &snapshot.config.source).await?));
+                added.push((*key, listener::bind(l, i, &snapshot.config.source).await?));
             }
         }
         // A moved admin listener is bound before anything changes, like a new public one.
-        let admin_moved = snapshot.config.admin != self.admin.as_ref().map(|a| a.0);
-        let new_admin = match snapshot.config.admin {
-            Some(addr) if admin_moved => Some((addr, admin::bind(addr).await?)),
+        let admin_moved =
+            snapshot.config.admin.map(|a| a.address) != self.admin.as_ref().map(|a| a.0);
+        let new_admin = match &snapshot.config.admin {
+            Some(cfg) if admin_moved => Some((
+                cfg.address,
+                admin::bind(cfg, &snapshot.config.source).await?,
+            )),
             _ => None,
         };
         let old = self.state.current.swap(snapshot.clone());

@@ -166,29 +166,39 @@ fn check_refuses_what_run_would_at_its_key() {
     assert!(err.contains("gw.yaml:4:12: admin.address: "), "{err}");
 }
 
-/// A port another process holds: the message names the file and the listen entry's line, and
-/// gives the reason once.
+/// A port another process holds: the message names the file, line, column and key of the
+/// address, as every other config error does, and gives the reason once; the admin address too.
 #[test]
-fn a_port_in_use_names_the_config_line() {
+fn a_port_in_use_names_the_config_line_column_and_key() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap();
     let dir = TempDir::new("cli-in-use");
     let file = dir.path().join("busy.yaml");
-    std::fs::write(
-        &file,
-        format!("listen:\n  - address: 127.0.0.1:0\n  - address: {addr}\n"),
-    )
-    .unwrap();
-    let out = wsgate().arg("--config").arg(&file).output().unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let run = |yaml: String| {
+        std::fs::write(&file, yaml).unwrap();
+        let out = wsgate().arg("--config").arg(&file).output().unwrap();
+        assert_eq!(out.status.code(), Some(1));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(format!(
+        "listen:\n  - address: 127.0.0.1:0\n  -   address: {addr}\n"
+    ));
     assert!(
         err.contains(&format!(
-            "busy.yaml:3: listen: cannot listen on {addr}: Address already in use"
+            "busy.yaml:3:16: listen[1].address: cannot listen on {addr}: Address already in use"
         )),
         "{err}"
     );
     assert_eq!(err.matches("Address already in use").count(), 1, "{err}");
+    let err = run(format!(
+        "listen:\n  - address: 127.0.0.1:0\nadmin:\n  address:  {addr}\n"
+    ));
+    assert!(
+        err.contains(&format!(
+            "busy.yaml:4:13: admin.address: cannot listen on {addr}: Address already in use"
+        )),
+        "{err}"
+    );
 }
 
 #[test]

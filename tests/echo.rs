@@ -557,6 +557,48 @@ async fn the_sample_page_points_at_the_echo_route_and_never_answers_an_upgrade()
     gw.stop().await;
 }
 
+/// Route paths are kept decoded, so the page gets its route's path percent-encoded again: the
+/// URL it shows reaches the echo route, where the decoded `/a?b` would have asked for `/a`.
+#[tokio::test]
+async fn the_sample_page_url_for_an_encoded_route_path_reaches_it() {
+    for (written, url_path) in [
+        ("/a%3Fb", "/a%3Fb"),
+        ("/a%23b", "/a%23b"),
+        ("/a%25b", "/a%25b"),
+        ("/a%20b", "/a%20b"),
+        ("/t%09b", "/t%09b"),
+        ("/café", "/caf%C3%A9"),
+        ("'/q\"<>\\`'", "/q%22%3C%3E%5C%60"),
+    ] {
+        let gw = Gateway::start(&format!(
+            "listen:\n{}sample_page: /page\nroutes:\n  - path: {written}\n    websocket: echo\n",
+            plain_listener()
+        ))
+        .await;
+        let (mut s, head) = raw_request(
+            gw.addr(),
+            b"GET /page HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        let page = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+        let (_, rest) = page.split_once("location.host + \"").expect("the URL line");
+        let (literal, _) = rest.split_once("\";").expect("the end of the URL line");
+        assert_eq!(literal, url_path, "{written}");
+        let mut ws = connect(&gw.ws_url(literal)).await;
+        ws.send(Message::text(written)).await.unwrap();
+        assert_eq!(
+            next_msg(&mut ws).await.unwrap().unwrap(),
+            Message::text(written)
+        );
+        ws.close(None).await.unwrap();
+        assert!(next_msg(&mut ws).await.unwrap().unwrap().is_close());
+        // Its socket too, which the gateway waits for after the closing handshake.
+        drop(ws);
+        gw.stop().await;
+    }
+}
+
 /// A route can be for an IPv6 literal host, matched whatever form the Host header writes it in.
 #[tokio::test]
 async fn a_route_for_an_ipv6_host() {

@@ -244,6 +244,43 @@ async fn a_new_certificate_is_used_by_new_handshakes() {
     gw.stop().await;
 }
 
+/// A reload whose new address is taken is rejected whole, with the error located like every
+/// other config error (file, line, column, key), and the old snapshot keeps serving.
+#[tokio::test]
+async fn a_reload_to_a_taken_address_names_its_key_and_changes_nothing() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = TempDir::new("reload-taken");
+    let file = dir.path().join("busy.yaml");
+    let gw = Gateway::start(&yaml("", "")).await;
+    let mut open = connect(&gw.ws_url("/ws")).await;
+    let fresh = "  - path: /fresh\n    websocket: echo\n";
+    for (top, expected) in [
+        (
+            format!("  - address: {addr}\n"),
+            format!("busy.yaml:3:14: listen[1].address: cannot listen on {addr}: "),
+        ),
+        (
+            format!("admin:\n  address: {addr}\n"),
+            format!("busy.yaml:4:12: admin.address: cannot listen on {addr}: "),
+        ),
+    ] {
+        std::fs::write(&file, yaml(fresh, &top)).unwrap();
+        let config = wsgate::config::load_file(&file).unwrap();
+        let err = gw.reloader.reload(config).await.unwrap_err().to_string();
+        assert!(err.contains(&expected), "{err}");
+        assert_eq!(gw.state.generation(), 1);
+        assert_eq!(status(&gw, "/fresh").await, 404);
+        assert_eq!(status(&gw, "/ws").await, 101);
+        open.send(Message::text("still here")).await.unwrap();
+        assert_eq!(
+            next_msg(&mut open).await.unwrap().unwrap(),
+            Message::text("still here")
+        );
+    }
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_changed_file_is_reloaded_by_the_watcher() {
     let dir = TempDir::new("reload-watch");

@@ -8,6 +8,7 @@ mod units;
 mod yaml;
 
 pub use units::{format_duration, format_size, parse_duration, parse_size};
+pub(crate) use yaml::one_line;
 pub use yaml::{load_file, load_str, ConfigError};
 
 use std::net::SocketAddr;
@@ -49,7 +50,16 @@ pub struct Config {
     /// `trusted_proxies`: peers whose `X-Forwarded-For` is believed for the client address.
     pub trusted_proxies: Vec<Cidr>,
     /// `admin.address`: where `/metrics`, `/status` and the status page are served; absent: off.
-    pub admin: Option<SocketAddr>,
+    pub admin: Option<Admin>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admin {
+    pub address: SocketAddr,
+    /// 1-based line and column of `admin.address`: a port found taken only when it is bound is
+    /// still reported where it was written, as a config error.
+    pub line: usize,
+    pub column: usize,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -59,9 +69,11 @@ pub struct Listener {
     /// `proxy_protocol`: every connection starts with a PROXY v1 or v2 header (AWS NLB, HAProxy)
     /// that names the real client; connections without a valid one are closed.
     pub proxy_protocol: bool,
-    /// 1-based line of its `address` in the config file, for messages about it. Not part of
-    /// its identity across reloads (see [`ListenerKey`]).
+    /// 1-based line and column of its `address` in the config file, for messages about it (a
+    /// port found taken only when it is bound among them). Not part of its identity across
+    /// reloads (see [`ListenerKey`]).
     pub line: usize,
+    pub column: usize,
 }
 
 /// Identifies a listener across reloads: its configured address, and which of the listeners

@@ -17,7 +17,7 @@ use yaml_rust2::scanner::{Marker, ScanError, TScalarStyle};
 
 use super::units::{format_size, parse_duration, parse_size};
 use super::{
-    Balance, CertificatePair, Cidr, Config, HealthCheck, HostPattern, HttpOptions, Limits,
+    Admin, Balance, CertificatePair, Cidr, Config, HealthCheck, HostPattern, HttpOptions, Limits,
     Listener, LogFormat, LogOptions, OriginPattern, Route, RouteChange, TlsOptions, Upstream,
     WsMode, WsOptions,
 };
@@ -52,7 +52,7 @@ pub struct ConfigError {
 /// Keys and values quoted in a message come from the file and may hold any character a YAML
 /// escape can make (`"\P"` is U+2029): escape line breaks and controls so the message stays one
 /// line, as log collectors and `file:line:` parsers expect.
-fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
+pub(crate) fn one_line(s: &str) -> std::borrow::Cow<'_, str> {
     let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
     if !s.contains(breaks) {
         return std::borrow::Cow::Borrowed(s);
@@ -821,7 +821,11 @@ fn convert(root: &Node, source: &str, base_dir: &Path) -> Result<Config> {
             let address = field.parse(listen_address)?;
             match clash(&listen, address, "admin address") {
                 Some(message) => Err(field.error(message)),
-                None => Ok(address),
+                None => Ok(Admin {
+                    address,
+                    line: field.node.pos.line,
+                    column: field.node.pos.column,
+                }),
             }
         })?,
         listen,
@@ -900,6 +904,7 @@ fn listeners(field: &Field, base_dir: &Path) -> Result<Vec<Listener>> {
             tls,
             proxy_protocol,
             line: address_field.node.pos.line,
+            column: address_field.node.pos.column,
         });
     }
     Ok(listeners)
@@ -1170,11 +1175,17 @@ fn route(item: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> Re
         },
     };
 
-    if websocket == WsMode::Passthrough {
-        if let Some(field) = map.get("subprotocols") {
-            return Err(field.error(
+    // A list that could never be used would read as if it were: refused where no handshake of
+    // wsgate's ever reads it.
+    if let Some(field) = map.get("subprotocols") {
+        match websocket {
+            WsMode::Passthrough => return Err(field.error(
                 "passthrough leaves the WebSocket handshake to the app, so wsgate cannot choose subprotocols here; let the app choose, or use relay",
-            ));
+            )),
+            WsMode::Reject => return Err(field.error(
+                "a reject route refuses every upgrade, so it never negotiates a subprotocol; remove subprotocols or use echo or relay",
+            )),
+            WsMode::Echo | WsMode::Relay => {}
         }
     }
 
@@ -1659,6 +1670,7 @@ routes:
                 tls: None,
                 proxy_protocol: false,
                 line: 3,
+                column: 14,
             }
         );
         assert_eq!(c.listen[1].address, "[::1]:8443".parse().unwrap());
@@ -1995,6 +2007,45 @@ routes:
     }
 
     #[test]
+    fn reject_routes_take_no_subprotocols() {
+        for route in [
+            "routes:\n  - path: /ws\n",
+            "routes:\n  - path: /ws\n    upstreams: [http://app:8080]\n",
+        ] {
+            let e = err(&with_listen(&format!(
+                "{route}    websocket: reject\n    subprotocols: [chat.v1]\n"
+            )));
+            let line = route.lines().count() + 4;
+            assert_err(
+                &e,
+                line,
+                19,
+                "routes[0].subprotocols",
+                "a reject route refuses every upgrade, so it never negotiates a subprotocol",
+            );
+            assert!(
+                e.to_string().starts_with(&format!("test.yaml:{line}:19: ")),
+                "{e}"
+            );
+        }
+        // An empty list is as meaningless there as a full one.
+        let e = err(&with_listen(
+            "routes:\n  - path: /ws\n    websocket: reject\n    subprotocols: []\n",
+        ));
+        assert_err(&e, 6, 19, "routes[0].subprotocols", "reject route");
+        // With wsgate's WebSocket processing off, reject is still wsgate's answer.
+        let e = err(&with_listen(
+            "websockets:\n  enabled: false\nroutes:\n  - path: /ws\n    websocket: reject\n    subprotocols: [chat.v1]\n",
+        ));
+        assert_err(&e, 8, 19, "routes[0].subprotocols", "reject route");
+        let c = load(&with_listen(
+            "routes:\n  - path: /ws\n    websocket: reject\n",
+        ))
+        .unwrap();
+        assert_eq!(c.routes[0].websocket, WsMode::Reject);
+    }
+
+    #[test]
     fn mode_defaults() {
         let c = load(&with_listen(
             "routes:\n  - path: /echo\n  - path: /app\n    upstreams: [http://app:8080]\n  - path: /both\n    websocket: echo\n    upstreams: [http://app:8080]\n",
@@ -2180,8 +2231,8 @@ routes:
             addrs,
             ["127.0.0.1:5000", "[::1]:5000", "127.0.0.1:0", "127.0.0.1:0"]
         );
-        let lines: Vec<usize> = c.listen.iter().map(|l| l.line).collect();
-        assert_eq!(lines, [2, 3, 4, 5]);
+        let spots: Vec<(usize, usize)> = c.listen.iter().map(|l| (l.line, l.column)).collect();
+        assert_eq!(spots, [(2, 14), (3, 14), (4, 14), (5, 14)]);
 
         let e = err("listen:\n  - address: 127.0.0.1:5000\n  - address: localhost:5000\n");
         assert_err(
@@ -2594,10 +2645,20 @@ routes:
             "overlaps listen address [::]:9090 at line 2 ([::] also takes the port on IPv4)",
         );
         let c = load(&with_listen("admin:\n  address: 127.0.0.1:9090\n")).unwrap();
-        assert_eq!(c.admin, Some("127.0.0.1:9090".parse().unwrap()));
+        assert_eq!(
+            c.admin,
+            Some(Admin {
+                address: "127.0.0.1:9090".parse().unwrap(),
+                line: 4,
+                column: 12,
+            })
+        );
         let c =
             load("listen:\n  - address: 127.0.0.1:0\nadmin:\n  address: 127.0.0.1:0\n").unwrap();
-        assert_eq!(c.admin, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(
+            c.admin.map(|a| a.address),
+            Some("127.0.0.1:0".parse().unwrap())
+        );
     }
 
     #[test]
