@@ -31,6 +31,8 @@ case "${1:-}" in
 esac
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/bench/nginx-conf.sh
+source "$ROOT/tests/bench/nginx-conf.sh"
 cd "$ROOT"
 
 ROUNDS=${ROUNDS:-5}
@@ -267,36 +269,10 @@ start_nginx() {
         # ssl_protocols: nginx before 1.23.4 leaves TLS 1.3 out of its default list.
         listen="listen 127.0.0.1:$port ssl; ssl_protocols TLSv1.2 TLSv1.3; ssl_certificate $CERTS/server.crt; ssl_certificate_key $CERTS/server.key;"
     fi
-    cat >"$dir/nginx.conf" <<EOF
-# wsgate-bench: nginx, 1 worker, $bufs buffers${tls:+, TLS}
-daemon off;
-master_process on;
-worker_processes 1;
-worker_rlimit_nofile 20000;
-pid $dir/nginx.pid;
-error_log $dir/error.log warn;
-events { worker_connections 16384; }
-http {
-    access_log off;
-    client_body_temp_path $dir/client_body;
-    proxy_temp_path $dir/proxy;
-    fastcgi_temp_path $dir/fastcgi;
-    uwsgi_temp_path $dir/uwsgi;
-    scgi_temp_path $dir/scgi;
-    server {
-        $listen
-        location / {
-            proxy_pass http://$backend;
-            proxy_http_version 1.1;
-            proxy_set_header Upgrade \$http_upgrade;
-            proxy_set_header Connection "upgrade";
-            proxy_read_timeout 1h;
-            proxy_send_timeout 1h;
-            $buffers
-        }
-    }
-}
-EOF
+    {
+        echo "# wsgate-bench: nginx, 1 worker, $bufs buffers${tls:+, TLS}"
+        nginx_conf "$dir" on "$listen" "$backend" "$buffers"
+    } >"$dir/nginx.conf"
     "$NGINX" -t -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" >"$dir/check.log" 2>&1 ||
         die "nginx rejected its config: $(cat "$dir/check.log")"
     taskset -c "$TARGET_CPU" "$NGINX" -p "$dir" -c "$dir/nginx.conf" -e "$dir/error.log" \
