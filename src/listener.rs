@@ -159,6 +159,7 @@ async fn serve_connection(a: Accepted) {
         shutdown,
         metrics,
         limiter,
+        read_ahead: Default::default(),
     });
     match tls {
         None => {

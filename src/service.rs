@@ -38,6 +38,10 @@ pub struct ConnContext {
     pub shutdown: Shutdown,
     pub metrics: Arc<Metrics>,
     pub limiter: Arc<Limiter>,
+    /// Bytes of request bodies read ahead on this connection and not yet handed to an upstream
+    /// (see `proxy::http::read_whole`): HTTP/2 runs many requests at once, and together they are
+    /// held to a budget.
+    pub read_ahead: std::sync::atomic::AtomicUsize,
 }
 
 pub async fn handle(

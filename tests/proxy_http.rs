@@ -868,6 +868,92 @@ async fn get_and_head_bodies_of_unknown_length_go_on_with_their_length() {
     gw.stop().await;
 }
 
+/// The GET bodies read ahead on one connection are held to 1 MiB together: over HTTP/2, 18
+/// streams each with 60 KiB sent and more to come would hold 1,080 KiB, so one of them gets
+/// 503 and the other 17 go through whole once they end. What they held is given back: a
+/// request after them is read ahead again.
+#[tokio::test]
+async fn get_bodies_read_ahead_on_one_connection_share_a_budget() {
+    const STREAMS: usize = 18;
+    const PIECE: usize = 60 * 1024;
+    let app_addr = spawn_http_app(None, app).await;
+    let gw = Gateway::start(&config(&format!("http://{app_addr}"), "")).await;
+    let tcp = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, AppBody>(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut enders = Vec::new();
+    for i in 0..STREAMS {
+        let (more_tx, more_rx) = tokio::sync::oneshot::channel::<()>();
+        enders.push(more_tx);
+        // The piece now, then the end of the body once `more_tx` is dropped.
+        let body = futures_util::stream::unfold(Some((true, more_rx)), move |state| async move {
+            let (first, rx) = state?;
+            if first {
+                let piece = Bytes::from(vec![b'a' + i as u8; PIECE]);
+                let frame: Result<_, Box<dyn std::error::Error + Send + Sync>> =
+                    Ok(Frame::data(piece));
+                return Some((frame, Some((false, rx))));
+            }
+            let _ = rx.await;
+            None
+        });
+        let req = Request::get(format!("http://{}/echo-body", gw.addr()))
+            .body(http_body_util::StreamBody::new(body).boxed())
+            .unwrap();
+        let mut sender = sender.clone();
+        let done_tx = done_tx.clone();
+        tokio::spawn(async move {
+            let resp = sender.send_request(req).await.unwrap();
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            let _ = done_tx.send((status, body.len()));
+        });
+    }
+    drop(done_tx);
+    let first = tokio::time::timeout(WAIT, done_rx.recv())
+        .await
+        .expect("one stream refused within the wait")
+        .unwrap();
+    assert_eq!(first.0, 503, "{first:?}");
+    drop(enders);
+    let mut rest = Vec::new();
+    while let Some(done) = tokio::time::timeout(WAIT, done_rx.recv())
+        .await
+        .expect("every stream answered within the wait")
+    {
+        rest.push(done);
+    }
+    assert_eq!(rest.len(), STREAMS - 1);
+    assert!(
+        rest.iter()
+            .all(|&(status, len)| status == 200 && len == PIECE),
+        "{rest:?}"
+    );
+
+    let data = futures_util::stream::iter([Ok(Frame::data(Bytes::from(vec![b'z'; PIECE])))]);
+    let req = Request::get(format!("http://{}/echo-body", gw.addr()))
+        .body(http_body_util::StreamBody::new(data).boxed())
+        .unwrap();
+    let mut sender = sender.clone();
+    let resp = tokio::time::timeout(WAIT, sender.send_request(req))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.into_body().collect().await.unwrap().to_bytes().len(),
+        PIECE
+    );
+    gw.stop().await;
+}
+
 /// A GET body of unknown length that stops arriving gets 408 at `upstream_timeout`, as an
 /// upload does, and the app never sees the request.
 #[tokio::test]

@@ -86,7 +86,7 @@ pub async fn forward(
     let route = &ctx.snapshot.config.routes[index];
     let resp = match answer_here(&req) {
         Some(resp) => resp,
-        None if needs_a_length(&req) => match read_whole(req, route.upstream_timeout).await {
+        None if needs_a_length(&req) => match read_whole(ctx, req, route.upstream_timeout).await {
             Ok(req) => exchange(ctx, index, req).await,
             Err(resp) => resp,
         },
@@ -111,6 +111,41 @@ fn answer_here(req: &Request<Incoming>) -> Option<Response<Body>> {
 /// should come with a Content-Length from a client that means it.
 const UNFRAMED_BODY_LIMIT: usize = 64 * 1024;
 
+/// The most of such bodies one connection may have read ahead at once: an HTTP/2 client could
+/// otherwise make 200 streams' worth (12.5 MiB) held per connection. 1 MiB is what hyper's
+/// HTTP/2 server already lets a client leave in its buffers (the connection's flow-control
+/// window), so this adds no new way to hold more memory per connection.
+const CONNECTION_READ_AHEAD_LIMIT: usize = 1024 * 1024;
+
+/// Bytes counted in [`ConnContext::read_ahead`] for one body, given back when the body has
+/// gone (to the upstream, or nowhere).
+struct ReadAhead {
+    ctx: Arc<ConnContext>,
+    bytes: usize,
+}
+
+impl ReadAhead {
+    /// Counts `n` more bytes, unless the connection's budget would be exceeded.
+    fn take(&mut self, n: usize) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let taken = self.ctx.read_ahead.fetch_add(n, Relaxed) + n;
+        if taken > CONNECTION_READ_AHEAD_LIMIT {
+            self.ctx.read_ahead.fetch_sub(n, Relaxed);
+            return false;
+        }
+        self.bytes += n;
+        true
+    }
+}
+
+impl Drop for ReadAhead {
+    fn drop(&mut self) {
+        self.ctx
+            .read_ahead
+            .fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Whether `req` has a body that hyper's client would drop: one of unknown length on a method
 /// it sends only with a length (chunked HTTP/1, or h2 DATA without content-length, which may
 /// well turn out empty).
@@ -124,8 +159,10 @@ fn needs_a_length(req: &Request<Incoming>) -> bool {
 /// Reads the body [`needs_a_length`] found, so it goes on with its length (or as none, when
 /// it was empty), each frame within `timeout` as an upload's would be. A body past
 /// [`UNFRAMED_BODY_LIMIT`], or with trailers (which a length-framed HTTP/1 body cannot carry),
-/// gets 411: the client can send it again with a Content-Length.
+/// gets 411: the client can send it again with a Content-Length. One that would take the
+/// connection past [`CONNECTION_READ_AHEAD_LIMIT`] gets 503, as other requests over a limit do.
 async fn read_whole(
+    ctx: &Arc<ConnContext>,
     req: Request<Incoming>,
     timeout: Duration,
 ) -> Result<Request<RequestBody>, Response<Body>> {
@@ -140,6 +177,10 @@ async fn read_whole(
         }
     };
     let mut whole = bytes::BytesMut::new();
+    let mut held = ReadAhead {
+        ctx: ctx.clone(),
+        bytes: 0,
+    };
     loop {
         let frame = match tokio::time::timeout(timeout, body.frame()).await {
             Err(_) => {
@@ -161,6 +202,13 @@ async fn read_whole(
         };
         match frame.into_data() {
             Ok(data) if whole.len() + data.len() <= UNFRAMED_BODY_LIMIT => {
+                if !held.take(data.len()) {
+                    debug!(method = %parts.method, "read-ahead budget of the connection spent");
+                    return Err(refuse(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "too many request bodies in flight on this connection",
+                    ));
+                }
                 whole.extend_from_slice(&data)
             }
             _ => {
@@ -174,7 +222,10 @@ async fn read_whole(
     }
     Ok(Request::from_parts(
         parts,
-        RequestBody::Whole(whole.freeze()),
+        RequestBody::Whole {
+            data: whole.freeze(),
+            _held: held,
+        },
     ))
 }
 
@@ -362,7 +413,11 @@ async fn answer_within<F: std::future::Future>(
 /// whole by [`read_whole`] so that it can be sent with its length.
 enum RequestBody {
     Streaming(Incoming),
-    Whole(Bytes),
+    /// Counted against the connection's read-ahead budget until the body is dropped.
+    Whole {
+        data: Bytes,
+        _held: ReadAhead,
+    },
 }
 
 /// A request body on its way to the upstream, telling [`answer_within`] when it last moved.
@@ -426,9 +481,9 @@ impl hyper::body::Body for Upload {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let body = match &mut self.inner {
             RequestBody::Streaming(body) => body,
-            RequestBody::Whole(whole) if whole.is_empty() => return Poll::Ready(None),
-            RequestBody::Whole(whole) => {
-                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(whole)))))
+            RequestBody::Whole { data, .. } if data.is_empty() => return Poll::Ready(None),
+            RequestBody::Whole { data, .. } => {
+                return Poll::Ready(Some(Ok(Frame::data(std::mem::take(data)))))
             }
         };
         let polled = Pin::new(body).poll_frame(cx);
@@ -446,14 +501,14 @@ impl hyper::body::Body for Upload {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             RequestBody::Streaming(body) => body.is_end_stream(),
-            RequestBody::Whole(whole) => whole.is_empty(),
+            RequestBody::Whole { data, .. } => data.is_empty(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             RequestBody::Streaming(body) => body.size_hint(),
-            RequestBody::Whole(whole) => SizeHint::with_exact(whole.len() as u64),
+            RequestBody::Whole { data, .. } => SizeHint::with_exact(data.len() as u64),
         }
     }
 }
