@@ -178,6 +178,13 @@ async fn read_generated(body: &mut Incoming, sent: Option<&AtomicU64>) -> (u64, 
     (total, sent_at_first)
 }
 
+/// Sends `request` raw, expects 200, and returns the rest until the connection ends.
+async fn ok_to_eof(addr: std::net::SocketAddr, request: &[u8]) -> String {
+    let (mut s, head) = raw_request(addr, request).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    String::from_utf8(read_to_eof(&mut s).await).unwrap()
+}
+
 fn config(upstream: &str, extra: &str) -> String {
     format!(
         "listen:\n{}routes:\n  - path: /\n    upstreams:\n      - {upstream}\n{extra}",
@@ -190,13 +197,7 @@ async fn forwards_with_host_preserved_and_forwarding_headers() {
     let app_addr = spawn_http_app(None, app).await;
     let gw = Gateway::start(&config(&format!("http://{app_addr}/base"), "")).await;
 
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /app/x?y=1 HTTP/1.1\r\nHost: front.example:8080\r\nX-Forwarded-For: 203.0.113.5\r\nForwarded: for=203.0.113.5\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"GET /app/x?y=1 HTTP/1.1\r\nHost: front.example:8080\r\nX-Forwarded-For: 203.0.113.5\r\nForwarded: for=203.0.113.5\r\nConnection: close\r\n\r\n").await;
     let (first, h) = parse_echo(&body);
     assert!(first.starts_with("GET /base/app/x?y=1 "), "{body}");
     assert_eq!(header(&h, "host"), Some("front.example:8080"), "{body}");
@@ -224,13 +225,7 @@ async fn hop_by_hop_headers_are_not_forwarded_either_way() {
     let app_addr = spawn_http_app(None, app).await;
     let gw = Gateway::start(&config(&format!("http://{app_addr}"), "")).await;
 
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /headers HTTP/1.1\r\nHost: gateway.test\r\nConnection: close, X-Drop-Me\r\nX-Drop-Me: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: gzip, trailers;q=1\r\nTrailer: X-Checksum\r\nUpgrade: foo\r\nX-Kept: yes\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"GET /headers HTTP/1.1\r\nHost: gateway.test\r\nConnection: close, X-Drop-Me\r\nX-Drop-Me: secret\r\nKeep-Alive: timeout=5\r\nProxy-Connection: keep-alive\r\nProxy-Authorization: Basic Zm9vOmJhcg==\r\nTE: gzip, trailers;q=1\r\nTrailer: X-Checksum\r\nUpgrade: foo\r\nX-Kept: yes\r\n\r\n").await;
     let (_, h) = parse_echo(&body);
     for gone in [
         "connection",
@@ -514,13 +509,7 @@ async fn an_absolute_form_target_is_the_host_for_routing_and_forwarding() {
         plain_listener()
     );
     let gw = Gateway::start(&yaml).await;
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET http://public.example.com/echo HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"GET http://public.example.com/echo HTTP/1.1\r\nHost: admin.example.com\r\nConnection: close\r\n\r\n").await;
     let (_, h) = parse_echo(&body);
     assert_eq!(header(&h, "host"), Some("public.example.com"), "{body}");
     assert_eq!(
@@ -776,23 +765,11 @@ async fn get_and_head_bodies_of_unknown_length_go_on_with_their_length() {
     .await;
 
     // A small body arrives whole, with its length and without the chunked coding.
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /headers HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"GET /headers HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n").await;
     let (_, headers) = parse_echo(&body);
     assert_eq!(header(&headers, "content-length"), Some("5"), "{body}");
     assert_eq!(header(&headers, "transfer-encoding"), None, "{body}");
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"GET /echo-body HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"GET /echo-body HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\r\nhel\r\n2\r\nlo\r\n0\r\n\r\n").await;
     assert!(body.contains("hello"), "{body}");
 
     // An empty chunked body is no body: the request goes on, and so does the connection.
@@ -860,9 +837,7 @@ async fn get_and_head_bodies_of_unknown_length_go_on_with_their_length() {
         &b"GET /echo-body HTTP/1.1\r\nHost: gateway.test\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello"[..],
         b"DELETE /echo-body HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: Chunked\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
     ] {
-        let (mut s, head) = raw_request(gw.addr(), req).await;
-        assert_eq!(status_of(&head), 200, "{head}");
-        let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+        let body = ok_to_eof(gw.addr(), req).await;
         assert!(body.contains("hello"), "{body}");
     }
     gw.stop().await;
@@ -994,25 +969,21 @@ async fn a_response_body_that_stalls_is_cut_at_response_idle_timeout() {
     ))
     .await;
 
-    let (mut s, head) = raw_request(
+    let body = ok_to_eof(
         gw.addr(),
         b"GET /stall HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
     assert_eq!(
         body, "2\r\nok\r\n",
         "the body must end without its last chunk"
     );
 
-    let (mut s, head) = raw_request(
+    let body = ok_to_eof(
         gw.addr(),
         b"GET /pause HTTP/1.1\r\nHost: gateway.test\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
     assert!(
         body.ends_with("before\r\n5\r\nafter\r\n0\r\n\r\n"),
         "{body:?}"
@@ -1060,13 +1031,7 @@ async fn trailers_reach_the_app_and_the_client() {
         "{asked}"
     );
 
-    let (mut s, head) = raw_request(
-        gw.addr(),
-        b"POST /trailers HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n",
-    )
-    .await;
-    assert_eq!(status_of(&head), 200, "{head}");
-    let body = String::from_utf8(read_to_eof(&mut s).await).unwrap();
+    let body = ok_to_eof(gw.addr(), b"POST /trailers HTTP/1.1\r\nHost: gateway.test\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\nConnection: close\r\n\r\n5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n").await;
     assert!(body.contains("hello\nx-t: 1\n"), "{body:?}");
     gw.stop().await;
 }
