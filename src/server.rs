@@ -41,6 +41,9 @@ pub struct Snapshot {
     /// Indexed like `config.routes`: cancelled when the route's WebSockets must close with 1001
     /// (shutdown cancels them all, being their parent; a draining reload cancels some).
     pub route_closing: Vec<CancellationToken>,
+    /// The parent of every `route_closing` token, cancelled at shutdown: tells a shutdown from
+    /// a reload's drain.
+    pub sockets_closing: CancellationToken,
 }
 
 impl Snapshot {
@@ -84,6 +87,7 @@ impl Snapshot {
             upstreams,
             listeners,
             route_closing,
+            sockets_closing: closing.clone(),
         })
     }
 

@@ -300,6 +300,7 @@ pub fn spawn_session<F, Fut>(
     metrics.handshake(path, mode, admitted.started.elapsed());
     let closing: Closing = Filtered::new(Box::pin(close_requested(
         snapshot.route_closing[index].clone(),
+        snapshot.sockets_closing.clone(),
         snapshot.config.close_spread,
         snapshot.config.max_connection_age,
     )));

@@ -930,6 +930,30 @@ async fn an_age_limit_closes_both_legs_with_1001_connection_age_limit() {
     gw.stop().await;
 }
 
+/// A reload that drains the route (`on_route_change: drain`) closes both legs with 1001 and
+/// says so: the app and the client are told the route changed, not that the server is
+/// shutting down, so neither reconnects as if from a restart nor logs one.
+#[tokio::test]
+async fn a_reload_drain_closes_both_legs_with_1001_route_changed() {
+    let mut app = spawn_ws_app(None).await;
+    let yaml = config(&app.url(), "", "").replace("routes:", "on_route_change: drain\nroutes:");
+    let gw = Gateway::start(&yaml).await;
+    let mut ws = connect(&gw.ws_url("/ws")).await;
+    ws.send(Message::text("up")).await.unwrap();
+    assert_eq!(
+        next_msg(&mut ws).await.unwrap().unwrap(),
+        Message::text("up")
+    );
+    let changed = yaml.replace("upstream_timeout: 2s", "upstream_timeout: 3s");
+    let config = wsgate::config::load_str(&changed, "t.yaml", std::path::Path::new(".")).unwrap();
+    assert_eq!(gw.reloader.reload(config).await.unwrap(), 2);
+    let said = (1001, "route changed by a reload".to_owned());
+    assert_eq!(expect_close_frame(&mut ws).await, said);
+    drop(ws);
+    assert_eq!(app.next_end().await, Ok(Some(said)));
+    gw.stop().await;
+}
+
 /// A tokio-tungstenite echo app behind TLS, with a certificate from `pki` for 127.0.0.1.
 async fn spawn_wss_app(pki: &TestPki) -> SocketAddr {
     use rustls::pki_types::pem::PemObject;

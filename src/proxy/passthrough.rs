@@ -487,13 +487,14 @@ mod tests {
         assert_eq!(wakes.get(), 0, "without a yield");
     }
 
-    /// A tunnel ended by its closer is logged with the closer's reason: an age limit as echo
-    /// and relay give it, anything else as shutdown.
+    /// A tunnel ended by its closer is logged with the closer's reason: an age limit and a
+    /// reload's drain as echo and relay give them, a shutdown in relay's words.
     #[tokio::test]
     async fn a_closed_tunnel_is_logged_with_the_close_requests_reason() {
         for (request, reason) in [
             (CloseRequest::Retired, "connection age limit"),
             (CloseRequest::GoingAway, "server shutting down"),
+            (CloseRequest::RouteChanged, "route changed by a reload"),
         ] {
             let (client, _client_peer) = tokio::io::duplex(64);
             let (upstream, _upstream_peer) = tokio::io::duplex(64);

@@ -131,8 +131,11 @@ pub async fn discard<R: AsyncRead + Unpin>(r: &mut R) {
 /// Why a session was asked to close with 1001.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseRequest {
-    /// Shutdown, or a reload that removed or changed the route (`on_route_change: drain`).
+    /// Shutdown.
     GoingAway,
+    /// A reload that removed or changed the route (`on_route_change: drain`): said apart from
+    /// shutdown, so that neither the client nor the access log takes a reload for a restart.
+    RouteChanged,
     /// `max_connection_age` reached.
     Retired,
 }
@@ -141,26 +144,28 @@ impl CloseRequest {
     pub fn reason(self) -> &'static str {
         match self {
             CloseRequest::GoingAway => "server going away",
+            CloseRequest::RouteChanged => "route changed by a reload",
             CloseRequest::Retired => "connection age limit",
         }
     }
 
     /// The reason relay and passthrough give, to both legs and in the access log: the words
-    /// they have always used for a shutdown or a drain, and echo's for an age limit.
+    /// they have always used for a shutdown, and echo's for a drain or an age limit.
     pub fn forwarded_reason(self) -> &'static str {
         match self {
             CloseRequest::GoingAway => "server shutting down",
-            CloseRequest::Retired => self.reason(),
+            CloseRequest::RouteChanged | CloseRequest::Retired => self.reason(),
         }
     }
 }
 
-/// When a session must close with 1001: its route's token is cancelled (shutdown or a drain
-/// on reload), then a random delay within `spread` passes so that thousands of clients do not
+/// When a session must close with 1001: its route's token is cancelled (by shutdown, which
+/// cancels `shutdown` too, or by a drain on reload), then a random delay within `spread` passes so that thousands of clients do not
 /// reconnect in the same instant; or it reaches `max_age` (plus up to 10% jitter, for the same
 /// reason). Pinned once per session and polled in its `select!`, so it costs nothing per message.
 pub async fn close_requested(
     token: tokio_util::sync::CancellationToken,
+    shutdown: tokio_util::sync::CancellationToken,
     spread: Duration,
     max_age: Duration,
 ) -> CloseRequest {
@@ -174,10 +179,17 @@ pub async fn close_requested(
     };
     tokio::select! {
         _ = token.cancelled() => {
+            // The route's token is a child of the shutdown one, so a shutdown has cancelled
+            // both by the time this runs.
+            let request = if shutdown.is_cancelled() {
+                CloseRequest::GoingAway
+            } else {
+                CloseRequest::RouteChanged
+            };
             if !spread.is_zero() {
                 Box::pin(tokio::time::sleep(jitter(spread))).await;
             }
-            CloseRequest::GoingAway
+            request
         }
         _ = retire => CloseRequest::Retired,
     }

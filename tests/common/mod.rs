@@ -188,9 +188,16 @@ pub async fn next_msg(ws: &mut Ws) -> Option<Result<tungstenite::Message, tungst
 
 /// Reads until a Close frame arrives; returns its code (skipping pings and data).
 pub async fn expect_close(ws: &mut Ws) -> u16 {
+    expect_close_frame(ws).await.0
+}
+
+/// [`expect_close`], with the reason.
+pub async fn expect_close_frame(ws: &mut Ws) -> (u16, String) {
     loop {
         match next_msg(ws).await {
-            Some(Ok(tungstenite::Message::Close(Some(frame)))) => return frame.code.into(),
+            Some(Ok(tungstenite::Message::Close(Some(frame)))) => {
+                return (frame.code.into(), frame.reason.to_string())
+            }
             Some(Ok(tungstenite::Message::Close(None))) => panic!("Close without a code"),
             Some(Ok(_)) => continue,
             other => panic!("expected a Close frame, got {other:?}"),
