@@ -22,7 +22,13 @@ use crate::server::Reloader;
 const POLL: Duration = Duration::from_millis(500);
 
 /// Loads and applies the file once; errors are logged and counted, the old config stays.
+/// Once shutdown has begun it does nothing: the service manager has been told STOPPING, and a
+/// RELOADING after it would never be followed by READY.
 pub async fn reload_from(path: &Path, reloader: &Reloader) {
+    if reloader.stopping() {
+        info!("shutting down; the configuration is not reloaded");
+        return;
+    }
     let _ = notify::notify(&notify::reloading_message());
     let owned = path.to_owned();
     let loaded = tokio::task::spawn_blocking(move || {
@@ -37,8 +43,14 @@ pub async fn reload_from(path: &Path, reloader: &Reloader) {
     });
     match loaded {
         Ok(Ok(config)) => {
-            // The server logs and counts both outcomes of the swap itself.
-            let _ = reloader.reload(config).await;
+            // The server logs and counts both outcomes of the swap itself, unless shutdown
+            // began meanwhile and it took no reload at all.
+            if let Err(e) = reloader.reload(config).await {
+                if reloader.stopping() {
+                    info!(error = %e, "shutting down; the configuration is not reloaded");
+                    return;
+                }
+            }
         }
         Ok(Err(e)) => reloader.rejected(&e),
         Err(e) => reloader.rejected(&format_args!("reading the configuration failed: {e}")),
@@ -58,7 +70,7 @@ pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future
 }
 
 async fn watch_from(path: PathBuf, reloader: Reloader) {
-    loop {
+    while !reloader.stopping() {
         tokio::time::sleep(POLL).await;
         let seen = fingerprint_off_worker(&path).await;
         if seen == reloader.last_loaded() {

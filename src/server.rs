@@ -169,6 +169,7 @@ type ReloadRequest = (Config, oneshot::Sender<Result<u64, Error>>);
 pub struct Reloader {
     tx: mpsc::Sender<ReloadRequest>,
     state: Arc<State>,
+    shutdown: Shutdown,
     /// A fingerprint of the config file's contents as last loaded, by whichever trigger: the
     /// file watcher skips contents a SIGHUP has already loaded, so `edit; systemctl reload`
     /// is one reload, not two.
@@ -196,6 +197,12 @@ impl Reloader {
     /// The fingerprint of the file contents last loaded.
     pub fn last_loaded(&self) -> Option<u64> {
         *self.loaded.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether shutdown has begun: from then on the server takes no reload (the snapshot that
+    /// serves the drain stays), so triggers are ignored rather than queued unanswered.
+    pub fn stopping(&self) -> bool {
+        self.shutdown.is_draining()
     }
 
     /// Records a reload that failed before it reached the server (a file that did not parse).
@@ -268,6 +275,7 @@ impl Server {
         Reloader {
             tx: self.reload_tx.clone(),
             state: self.state.clone(),
+            shutdown: self.shutdown.clone(),
             loaded: self.loaded.clone(),
         }
     }
@@ -339,6 +347,8 @@ impl Server {
         let deadline = tokio::time::Instant::now() + grace;
         info!(grace = ?grace, drain_delay = ?drain_delay, "shutting down");
         shutdown.begin_draining();
+        // A reload queued as shutdown began gets its answer (an error) now, not at exit.
+        drop(reload_rx);
         tokio::time::sleep(drain_delay.min(grace)).await;
         shutdown.stop_accepting();
         for (_, (_, task)) in running.accepting.drain() {

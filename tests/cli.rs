@@ -233,7 +233,8 @@ fn sighup_reloads_and_systemd_is_notified() {
     use std::os::unix::net::UnixDatagram;
     let dir = TempDir::new("cli-hup");
     let file = dir.path().join("hup.yaml");
-    let good = ECHO_ONLY;
+    // A drain window, for a SIGHUP to arrive in once shutdown has begun.
+    let good = &format!("drain_delay: 2s\n{ECHO_ONLY}");
     std::fs::write(&file, good).unwrap();
     let notify_path = dir.path().join("notify.sock");
     let notify = UnixDatagram::bind(&notify_path).unwrap();
@@ -288,8 +289,19 @@ fn sighup_reloads_and_systemd_is_notified() {
     assert!(status.success());
     // Notifications from the watcher's reload may come in between; STOPPING=1 must come.
     while recv() != "STOPPING=1" {}
+    // A SIGHUP during the drain is not taken: no RELOADING=1 after STOPPING=1, which the
+    // service manager would wait on for a READY=1 that never comes.
+    wait_for("shutting down");
+    hup();
+    wait_for("the configuration is not reloaded");
     std::thread::spawn(move || for _ in lines {});
     assert_eq!(child.wait().unwrap().code(), Some(0));
+    notify.set_nonblocking(true).unwrap();
+    let mut buf = [0u8; 256];
+    while let Ok(n) = notify.recv(&mut buf) {
+        let late = String::from_utf8_lossy(&buf[..n]);
+        assert!(!late.starts_with("RELOADING"), "after STOPPING=1: {late}");
+    }
 }
 
 #[test]
