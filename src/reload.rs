@@ -2,7 +2,10 @@
 //! content rather than with inotify, because Kubernetes updates a mounted ConfigMap by swapping
 //! a symlink, and editors replace files by rename: both defeat watches on the old inode, while a
 //! cheap read every half second sees every real change. A change must stay put for one more
-//! poll (debounce) so a file caught mid-write is not loaded.
+//! poll (debounce) so a file caught mid-write is not loaded; a file rewritten in place (same
+//! inode: truncated, then written) must stay put for [`IN_PLACE_QUIET`], since a writer that
+//! pauses mid-file would otherwise have its first half loaded, and a first half is often valid
+//! YAML that lacks routes. A replaced file (rename, symlink swap) is whole when it appears.
 //!
 //! Every read of the file happens on tokio's blocking pool, never on a worker: on a network
 //! filesystem that hangs, a read would otherwise stall every connection sharing that worker (all
@@ -20,6 +23,8 @@ use crate::notify;
 use crate::server::Reloader;
 
 const POLL: Duration = Duration::from_millis(500);
+/// How long a file rewritten in place must stay unchanged before it is loaded.
+const IN_PLACE_QUIET: Duration = Duration::from_secs(2);
 
 /// Loads and applies the file once; errors are logged and counted, the old config stays.
 /// Once shutdown has begun it does nothing: the service manager has been told STOPPING, and a
@@ -70,19 +75,72 @@ pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future
 }
 
 async fn watch_from(path: PathBuf, reloader: Reloader) {
+    let mut last = look_off_worker(&path).await;
     while !reloader.stopping() {
         tokio::time::sleep(POLL).await;
-        let seen = fingerprint_off_worker(&path).await;
-        if seen == reloader.last_loaded() {
+        let mut seen = look_off_worker(&path).await;
+        if seen.contents == reloader.last_loaded() {
+            last = seen;
             continue;
         }
-        tokio::time::sleep(POLL).await;
-        if fingerprint_off_worker(&path).await != seen || seen == reloader.last_loaded() {
-            continue; // still being written, or loaded by a SIGHUP meanwhile
+        // Changed: wait until it stays put long enough for how it was written.
+        let mut quiet = quiet_for(&last, &seen);
+        let mut since = tokio::time::Instant::now();
+        loop {
+            tokio::time::sleep(POLL).await;
+            let now = look_off_worker(&path).await;
+            if now.contents != seen.contents {
+                quiet = quiet.max(quiet_for(&seen, &now));
+                seen = now;
+                since = tokio::time::Instant::now();
+            } else if since.elapsed() >= quiet {
+                break;
+            }
+        }
+        last = seen;
+        if seen.contents == reloader.last_loaded() {
+            continue; // loaded by a SIGHUP meanwhile
         }
         info!(file = %path.display(), "configuration file changed");
         reload_from(&path, &reloader).await;
     }
+}
+
+/// What the watcher sees of the file: a fingerprint of its contents and the file it is (so a
+/// rewrite in place is told from a replacement).
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Look {
+    contents: Option<u64>,
+    file: Option<(u64, u64)>,
+}
+
+/// The quiet time a change from `before` to `after` needs: longer when the same file was
+/// rewritten in place, since its writer may not be done.
+fn quiet_for(before: &Look, after: &Look) -> Duration {
+    if after.file.is_some() && after.file == before.file {
+        IN_PLACE_QUIET
+    } else {
+        POLL
+    }
+}
+
+async fn look_off_worker(path: &Path) -> Look {
+    let path = path.to_owned();
+    tokio::task::spawn_blocking(move || {
+        use std::os::unix::fs::MetadataExt;
+        // The identity first: a replacement between the two reads then shows as a change of
+        // contents at the next poll, not as a rewrite in place.
+        let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
+        Look {
+            contents: fingerprint(&path),
+            file,
+        }
+    })
+    .await
+    .unwrap_or(Look {
+        contents: None,
+        file: None,
+    })
 }
 
 /// Reloads on every SIGHUP. The signal stream is made by the caller before the service is
@@ -99,14 +157,6 @@ pub async fn on_sighup(
             None => info!("running on the embedded default; there is no file to reload"),
         }
     }
-}
-
-async fn fingerprint_off_worker(path: &Path) -> Option<u64> {
-    let path = path.to_owned();
-    tokio::task::spawn_blocking(move || fingerprint(&path))
-        .await
-        .ok()
-        .flatten()
 }
 
 fn fingerprint(path: &Path) -> Option<u64> {

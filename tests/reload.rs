@@ -384,6 +384,49 @@ fn echo_while_a_read_hangs(
     })
 }
 
+/// A file rewritten in place by a writer that pauses mid-file is not loaded half written: the
+/// first half here is valid YAML without the second route, and used to be loaded (dropping
+/// that route) once it had stood for one poll. Rewritten in place, a file must now stand for
+/// 2 s, so only the whole file is loaded, as one reload.
+#[tokio::test]
+async fn a_file_rewritten_in_place_is_not_loaded_half_written() {
+    use std::io::Write;
+    let dir = TempDir::new("reload-half");
+    let file = dir.path().join("wsgate.yaml");
+    std::fs::write(&file, yaml("", "")).unwrap();
+    let gw = Gateway::start(&yaml("", "")).await;
+    let watcher = tokio::spawn(wsgate::reload::watch_file(
+        file.clone(),
+        gw.reloader.clone(),
+    ));
+    let whole = yaml(
+        "  - path: /fresh\n    websocket: echo\n  - path: /second\n    websocket: echo\n",
+        "",
+    );
+    let cut = whole.find("  - path: /second").unwrap();
+    let mut out = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&file)
+        .unwrap();
+    out.write_all(&whole.as_bytes()[..cut]).unwrap();
+    // The writer pauses (a slow copy, a script writing piecewise), longer than two polls.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    out.write_all(&whole.as_bytes()[cut..]).unwrap();
+    drop(out);
+    tokio::time::timeout(WAIT, async {
+        while gw.state.generation() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the watcher never reloaded");
+    assert_eq!(status(&gw, "/second").await, 101);
+    assert_eq!(gw.state.generation(), 2, "the half file was loaded first");
+    watcher.abort();
+    gw.stop().await;
+}
+
 /// A config file whose read hangs stalls only the watcher. The test runs on one thread, the
 /// server's, so a read on it would stall the echo.
 #[tokio::test]
