@@ -4,6 +4,7 @@
 //! when a session ends, so the per-message path touches no shared cache line.
 
 use std::fmt::Write;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -73,6 +74,9 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     generation: Gauge,
     reloads: Family<Outcome, Counter>,
+    /// Held from refilling `upstream_up` to encoding it, so two scrapes at once cannot show
+    /// each other's half-filled family.
+    scrape: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -162,11 +166,24 @@ impl Metrics {
             http_requests,
             generation,
             reloads,
+            scrape: Mutex::default(),
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition. `upstreams` is the health of every upstream of the
+    /// current snapshot's routes, as (route name, upstream URL, in service): it replaces the
+    /// previous scrape's, so an upstream that a reload removed, alone or with its route, is no
+    /// longer exported, where a series left at 0 would keep an alert firing until a restart.
+    /// The flags live on the snapshot's targets and are copied in here rather than making the
+    /// health checkers know about metrics.
+    pub fn render(&self, upstreams: impl IntoIterator<Item = (String, String, bool)>) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.upstream_up.clear();
+        for (route, upstream, healthy) in upstreams {
+            self.upstream_up
+                .get_or_create(&UpstreamLabels { route, upstream })
+                .set(healthy as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
@@ -238,15 +255,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_health(&self, route: &str, upstream: &str, healthy: bool) {
-        self.upstream_up
-            .get_or_create(&UpstreamLabels {
-                route: route.to_owned(),
-                upstream: upstream.to_owned(),
-            })
-            .set(healthy as i64);
-    }
-
     pub fn reloaded(&self, ok: bool, generation: u64) {
         let outcome = if ok { "ok" } else { "failed" };
         self.reloads
@@ -262,7 +270,7 @@ impl Metrics {
     /// Open sessions per route and mode, for the status page.
     pub fn open_sessions(&self) -> Vec<(String, String, i64)> {
         // The family has no iterator; the exposition is the one source of truth, so read it back.
-        let text = self.render();
+        let text = self.render([]);
         let mut out = Vec::new();
         for line in text
             .lines()
@@ -332,7 +340,7 @@ mod tests {
         end.messages_in = 3;
         end.bytes_in = 30;
         m.session_ended("/ws", "echo", &end, Duration::from_millis(5));
-        let text = m.render();
+        let text = m.render([]);
         assert!(
             text.contains("wsgate_upgrades_total{route=\"/ws\",outcome=\"accepted\"} 1"),
             "{text}"

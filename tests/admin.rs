@@ -191,3 +191,48 @@ async fn ejected_upstreams_are_reported_down_and_admin_pages_take_only_get() {
     }
     gw.stop().await;
 }
+
+/// Whether route `index`'s first upstream takes new connections, as the admin side reports.
+fn in_service(gw: &Gateway, index: usize) -> bool {
+    gw.state.current().upstreams(index).unwrap().set.targets[0].in_service()
+}
+
+/// A reload that removes a health-checked route removes its `upstream_healthy` series: left at
+/// 0, it would keep an "upstream down" alert firing for a route that no longer exists.
+#[tokio::test]
+async fn a_reload_removes_the_health_series_of_removed_routes() {
+    let dead = closed_port_addr();
+    let check =
+        "    health_check: { path: /hc, interval: 50ms, timeout: 50ms, unhealthy_after: 1 }\n";
+    let with = |routes: &[&str]| {
+        let mut yaml = format!(
+            "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n",
+            plain_listener()
+        );
+        for path in routes {
+            yaml += &format!("  - path: {path}\n    upstreams: [\"http://{dead}\"]\n{check}");
+        }
+        yaml
+    };
+    let gw = Gateway::start(&with(&["/kept", "/old"])).await;
+    let admin = gw.admin.expect("admin listener bound");
+    wait_until("both upstreams failing their checks", || {
+        !in_service(&gw, 0) && !in_service(&gw, 1)
+    })
+    .await;
+    let series = |route: &str| {
+        format!("wsgate_upstream_healthy{{route=\"{route}\",upstream=\"http://{dead}\"}}")
+    };
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series("/kept")), Some(0.0), "{metrics}");
+    assert_eq!(value(&metrics, &series("/old")), Some(0.0), "{metrics}");
+
+    let config = wsgate::config::load_str(&with(&["/kept"]), "t.yaml", std::path::Path::new("."));
+    gw.reloader.reload(config.unwrap()).await.unwrap();
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series("/kept")), Some(0.0), "{metrics}");
+    assert!(!metrics.contains("route=\"/old\""), "{metrics}");
+    let (_, json) = get(admin, "/status").await;
+    assert!(!json.contains("/old"), "{json}");
+    gw.stop().await;
+}
