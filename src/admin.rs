@@ -102,7 +102,7 @@ fn answer(
                 .routes
                 .iter()
                 .enumerate()
-                .filter_map(|(index, route)| Some((&route.path, snapshot.upstreams(index)?)))
+                .filter_map(|(index, route)| Some((route.name(), snapshot.upstreams(index)?)))
                 .flat_map(|(name, ups)| {
                     ups.set
                         .targets
@@ -165,7 +165,7 @@ fn status_json(state: &State, shutdown: &Shutdown, started: Instant) -> String {
             let _ = write!(
                 out,
                 "{sep}{{\"route\":{},\"url\":{},\"healthy\":{},\"active\":{}}}",
-                json_string(&route.path),
+                json_string(&route.name()),
                 json_string(&t.upstream.url),
                 t.in_service(),
                 t.active()

@@ -192,6 +192,33 @@ async fn ejected_upstreams_are_reported_down_and_admin_pages_take_only_get() {
     gw.stop().await;
 }
 
+/// Scrapes `path` until `done` holds for the body: sessions are counted by their own tasks
+/// once the upgrade is taken over, a moment after the client reads the 101.
+async fn get_until(admin: std::net::SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = get(admin, path).await;
+            if done(&body) {
+                break body;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} never showed what was expected"))
+}
+
+/// An open echo session on `path` for Host `host`, kept as its raw socket.
+async fn open_session(gw: &Gateway, path: &str, host: &str) -> tokio::net::TcpStream {
+    let req = UPGRADE
+        .replace("GET /ws ", &format!("GET {path} "))
+        .replace("Host: localhost", &format!("Host: {host}"))
+        + "\r\n";
+    let (s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    s
+}
+
 /// Whether route `index`'s first upstream takes new connections, as the admin side reports.
 fn in_service(gw: &Gateway, index: usize) -> bool {
     gw.state.current().upstreams(index).unwrap().set.targets[0].in_service()
@@ -234,5 +261,73 @@ async fn a_reload_removes_the_health_series_of_removed_routes() {
     assert!(!metrics.contains("route=\"/old\""), "{metrics}");
     let (_, json) = get(admin, "/status").await;
     assert!(!json.contains("/old"), "{json}");
+    gw.stop().await;
+}
+
+/// Routes with one path on two hosts are told apart in metrics and `/status` by host and
+/// path: with the path alone they shared their series, and the unchecked route's healthy
+/// upstream hid the checked one's failure.
+#[tokio::test]
+async fn routes_on_different_hosts_have_their_own_series() {
+    let dead = closed_port_addr();
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /app\n    host: a.example\n    websocket: echo\n    upstreams: [\"http://{dead}\"]\n    health_check: {{ path: /hc, interval: 50ms, timeout: 50ms, unhealthy_after: 1 }}\n  - path: /app\n    host: b.example\n    websocket: echo\n    upstreams: [\"http://{dead}\"]\n  - path: /app\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    wait_until("a.example's upstream failing its check", || {
+        !in_service(&gw, 0)
+    })
+    .await;
+    let (_, metrics) = get(admin, "/metrics").await;
+    let health = |route: &str| {
+        value(
+            &metrics,
+            &format!("wsgate_upstream_healthy{{route=\"{route}\",upstream=\"http://{dead}\"}}"),
+        )
+    };
+    assert_eq!(health("a.example/app"), Some(0.0), "{metrics}");
+    assert_eq!(health("b.example/app"), Some(1.0), "{metrics}");
+    assert_eq!(health("/app"), None, "{metrics}");
+
+    let a = [
+        open_session(&gw, "/app", "a.example").await,
+        open_session(&gw, "/app", "A.example:8080").await,
+    ];
+    let b = open_session(&gw, "/app", "b.example").await;
+    let any = open_session(&gw, "/app", "c.example").await;
+    let open = |route: &str| format!("wsgate_websockets_open{{route=\"{route}\",mode=\"echo\"}}");
+    let metrics = get_until(admin, "/metrics", |m| {
+        value(m, &open("a.example/app")) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        value(&metrics, &open("b.example/app")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(value(&metrics, &open("/app")), Some(1.0), "{metrics}");
+    assert_eq!(
+        value(
+            &metrics,
+            "wsgate_upgrades_total{route=\"a.example/app\",outcome=\"accepted\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    let (_, json) = get(admin, "/status").await;
+    for expected in [
+        "{\"route\":\"/app\",\"mode\":\"echo\",\"open\":1}".to_string(),
+        "{\"route\":\"a.example/app\",\"mode\":\"echo\",\"open\":2}".to_string(),
+        "{\"route\":\"b.example/app\",\"mode\":\"echo\",\"open\":1}".to_string(),
+        format!("{{\"route\":\"a.example/app\",\"url\":\"http://{dead}\",\"healthy\":false,"),
+        format!("{{\"route\":\"b.example/app\",\"url\":\"http://{dead}\",\"healthy\":true,"),
+    ] {
+        assert!(json.contains(&expected), "{expected} in {json}");
+    }
+    // Gone clients end their sessions at once; open ones would hold the stop for their Close.
+    drop((a, b, any));
     gw.stop().await;
 }
