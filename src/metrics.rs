@@ -3,8 +3,9 @@
 //! one process, as in the tests, do not mix their figures. Message and byte counts are added
 //! when a session ends, so the per-message path touches no shared cache line.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -16,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::ws::session::{ClosedBy, SessionEnd};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RouteMode {
     pub route: String,
     pub mode: String,
@@ -64,6 +65,9 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     open: Family<RouteMode, Gauge>,
+    /// The gauges of `open` again, which the family cannot list, for `/status`: reading them
+    /// back from the exposition would hand it label values escaped for Prometheus.
+    open_by_route: RwLock<BTreeMap<RouteMode, Gauge>>,
     upgrades: Family<Upgrade, Counter>,
     messages: Family<Flow, Counter>,
     bytes: Family<Flow, Counter>,
@@ -156,6 +160,7 @@ impl Metrics {
         Self {
             registry,
             open,
+            open_by_route: RwLock::default(),
             upgrades,
             messages,
             bytes,
@@ -207,9 +212,28 @@ impl Metrics {
 
     /// Counts a session as open until the guard is dropped, whichever way the task ends.
     pub fn session_open(&self, route: &str, mode: &str) -> OpenGuard {
-        let gauge = self.open.get_or_create_owned(&labels(route, mode));
+        let gauge = self.open_gauge(labels(route, mode));
         gauge.inc();
         OpenGuard { gauge }
+    }
+
+    fn open_gauge(&self, key: RouteMode) -> Gauge {
+        let known = self
+            .open_by_route
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(gauge) = known.get(&key) {
+            return gauge.clone();
+        }
+        drop(known);
+        // The family's gauge and the one kept here share their value.
+        let gauge = self.open.get_or_create_owned(&key);
+        self.open_by_route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(gauge)
+            .clone()
     }
 
     pub fn session_ended(&self, route: &str, mode: &str, end: &SessionEnd, lasted: Duration) {
@@ -267,27 +291,14 @@ impl Metrics {
         }
     }
 
-    /// Open sessions per route and mode, for the status page.
+    /// Open sessions per route and mode, by route, for the status page.
     pub fn open_sessions(&self) -> Vec<(String, String, i64)> {
-        // The family has no iterator; the exposition is the one source of truth, so read it back.
-        let text = self.render([]);
-        let mut out = Vec::new();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("wsgate_websockets_open{"))
-        {
-            let (labels, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            let get = |key: &str| {
-                labels
-                    .split(&format!("{key}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            out.push((get("route"), get("mode"), value.parse().unwrap_or(0)));
-        }
-        out
+        self.open_by_route
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(key, gauge)| (key.route.clone(), key.mode.clone(), gauge.get()))
+            .collect()
     }
 }
 
@@ -356,6 +367,21 @@ mod tests {
         assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 1)]);
         drop(guard);
         assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 0)]);
+        // Names as they are, not as the exposition escapes them.
+        let _quoted = m.session_open("/a\"b\\c", "relay");
+        assert_eq!(
+            m.open_sessions(),
+            vec![
+                ("/a\"b\\c".into(), "relay".into(), 1),
+                ("/ws".into(), "echo".into(), 0)
+            ]
+        );
+        assert!(
+            m.render([])
+                .contains(r#"wsgate_websockets_open{route="/a\"b\\c",mode="relay"} 1"#),
+            "{}",
+            m.render([])
+        );
         assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
     }
 }

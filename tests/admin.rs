@@ -331,3 +331,45 @@ async fn routes_on_different_hosts_have_their_own_series() {
     drop((a, b, any));
     gw.stop().await;
 }
+
+/// `/status` names routes whose decoded paths hold `"` or `\` as they are, JSON-escaped once;
+/// it used to read the sessions back from the Prometheus text, escapes and all.
+#[tokio::test]
+async fn status_names_routes_with_quotes_and_backslashes() {
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /a%22b\n    websocket: echo\n  - path: /x%5Cy\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    let quote_session = open_session(&gw, "/a%22b", "localhost").await;
+    let backslash_sessions = [
+        open_session(&gw, "/x%5Cy", "localhost").await,
+        open_session(&gw, "/x%5Cy/z", "localhost").await,
+    ];
+    let quote = r#"{"route":"/a\"b","mode":"echo","open":1}"#;
+    let backslash = r#"{"route":"/x\\y","mode":"echo","open":2}"#;
+    get_until(admin, "/status", |j| {
+        j.contains(quote) && j.contains(backslash)
+    })
+    .await;
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"wsgate_websockets_open{route="/a\"b",mode="echo"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            r#"wsgate_websockets_open{route="/x\\y",mode="echo"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    drop((quote_session, backslash_sessions));
+    gw.stop().await;
+}
