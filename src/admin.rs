@@ -96,24 +96,25 @@ fn answer(
     }
     match req.uri().path() {
         "/metrics" => {
-            // Health flags live on the snapshot's targets; copy them in at scrape time rather
-            // than making the health checkers know about metrics.
             let snapshot = state.current();
-            for (index, route) in snapshot.config.routes.iter().enumerate() {
-                if let Some(ups) = snapshot.upstreams(index) {
-                    for t in &ups.set.targets {
-                        state
-                            .metrics
-                            .upstream_health(&route.path, &t.upstream.url, t.in_service());
-                    }
-                }
-            }
+            let upstreams = snapshot
+                .config
+                .routes
+                .iter()
+                .enumerate()
+                .filter_map(|(index, route)| Some((route.name(), snapshot.upstreams(index)?)))
+                .flat_map(|(name, ups)| {
+                    ups.set
+                        .targets
+                        .iter()
+                        .map(move |t| (name.to_string(), t.upstream.url.clone(), t.in_service()))
+                });
             Response::builder()
                 .header(
                     header::CONTENT_TYPE,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 )
-                .body(full(state.metrics.render()))
+                .body(full(state.metrics.render(upstreams)))
                 .expect("static response")
         }
         "/status" => Response::builder()
@@ -164,7 +165,7 @@ fn status_json(state: &State, shutdown: &Shutdown, started: Instant) -> String {
             let _ = write!(
                 out,
                 "{sep}{{\"route\":{},\"url\":{},\"healthy\":{},\"active\":{}}}",
-                json_string(&route.path),
+                json_string(&route.name()),
                 json_string(&t.upstream.url),
                 t.in_service(),
                 t.active()

@@ -3,7 +3,9 @@
 //! one process, as in the tests, do not mix their figures. Message and byte counts are added
 //! when a session ends, so the per-message path touches no shared cache line.
 
+use std::collections::BTreeMap;
 use std::fmt::Write;
+use std::sync::{Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -15,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::ws::session::{ClosedBy, SessionEnd};
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+#[derive(Clone, Debug, Hash, PartialEq, Eq, PartialOrd, Ord, EncodeLabelSet)]
 pub struct RouteMode {
     pub route: String,
     pub mode: String,
@@ -63,6 +65,9 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 pub struct Metrics {
     registry: Registry,
     open: Family<RouteMode, Gauge>,
+    /// The gauges of `open` again, which the family cannot list, for `/status`: reading them
+    /// back from the exposition would hand it label values escaped for Prometheus.
+    open_by_route: RwLock<BTreeMap<RouteMode, Gauge>>,
     upgrades: Family<Upgrade, Counter>,
     messages: Family<Flow, Counter>,
     bytes: Family<Flow, Counter>,
@@ -73,6 +78,9 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, Counter>,
     generation: Gauge,
     reloads: Family<Outcome, Counter>,
+    /// Held from refilling `upstream_up` to encoding it, so two scrapes at once cannot show
+    /// each other's half-filled family.
+    scrape: Mutex<()>,
 }
 
 impl Default for Metrics {
@@ -152,6 +160,7 @@ impl Metrics {
         Self {
             registry,
             open,
+            open_by_route: RwLock::default(),
             upgrades,
             messages,
             bytes,
@@ -162,11 +171,24 @@ impl Metrics {
             http_requests,
             generation,
             reloads,
+            scrape: Mutex::default(),
         }
     }
 
-    /// The Prometheus text exposition.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition. `upstreams` is the health of every upstream of the
+    /// current snapshot's routes, as (route name, upstream URL, in service): it replaces the
+    /// previous scrape's, so an upstream that a reload removed, alone or with its route, is no
+    /// longer exported, where a series left at 0 would keep an alert firing until a restart.
+    /// The flags live on the snapshot's targets and are copied in here rather than making the
+    /// health checkers know about metrics.
+    pub fn render(&self, upstreams: impl IntoIterator<Item = (String, String, bool)>) -> String {
+        let _scrape = self.scrape.lock().unwrap_or_else(PoisonError::into_inner);
+        self.upstream_up.clear();
+        for (route, upstream, healthy) in upstreams {
+            self.upstream_up
+                .get_or_create(&UpstreamLabels { route, upstream })
+                .set(healthy as i64);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String");
@@ -190,9 +212,28 @@ impl Metrics {
 
     /// Counts a session as open until the guard is dropped, whichever way the task ends.
     pub fn session_open(&self, route: &str, mode: &str) -> OpenGuard {
-        let gauge = self.open.get_or_create_owned(&labels(route, mode));
+        let gauge = self.open_gauge(labels(route, mode));
         gauge.inc();
         OpenGuard { gauge }
+    }
+
+    fn open_gauge(&self, key: RouteMode) -> Gauge {
+        let known = self
+            .open_by_route
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(gauge) = known.get(&key) {
+            return gauge.clone();
+        }
+        drop(known);
+        // The family's gauge and the one kept here share their value.
+        let gauge = self.open.get_or_create_owned(&key);
+        self.open_by_route
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(key)
+            .or_insert(gauge)
+            .clone()
     }
 
     pub fn session_ended(&self, route: &str, mode: &str, end: &SessionEnd, lasted: Duration) {
@@ -238,15 +279,6 @@ impl Metrics {
             .inc();
     }
 
-    pub fn upstream_health(&self, route: &str, upstream: &str, healthy: bool) {
-        self.upstream_up
-            .get_or_create(&UpstreamLabels {
-                route: route.to_owned(),
-                upstream: upstream.to_owned(),
-            })
-            .set(healthy as i64);
-    }
-
     pub fn reloaded(&self, ok: bool, generation: u64) {
         let outcome = if ok { "ok" } else { "failed" };
         self.reloads
@@ -259,27 +291,14 @@ impl Metrics {
         }
     }
 
-    /// Open sessions per route and mode, for the status page.
+    /// Open sessions per route and mode, by route, for the status page.
     pub fn open_sessions(&self) -> Vec<(String, String, i64)> {
-        // The family has no iterator; the exposition is the one source of truth, so read it back.
-        let text = self.render();
-        let mut out = Vec::new();
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("wsgate_websockets_open{"))
-        {
-            let (labels, value) = line.rsplit_once(' ').unwrap_or((line, "0"));
-            let get = |key: &str| {
-                labels
-                    .split(&format!("{key}=\""))
-                    .nth(1)
-                    .and_then(|rest| rest.split('"').next())
-                    .unwrap_or("")
-                    .to_owned()
-            };
-            out.push((get("route"), get("mode"), value.parse().unwrap_or(0)));
-        }
-        out
+        self.open_by_route
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(key, gauge)| (key.route.clone(), key.mode.clone(), gauge.get()))
+            .collect()
     }
 }
 
@@ -332,7 +351,7 @@ mod tests {
         end.messages_in = 3;
         end.bytes_in = 30;
         m.session_ended("/ws", "echo", &end, Duration::from_millis(5));
-        let text = m.render();
+        let text = m.render([]);
         assert!(
             text.contains("wsgate_upgrades_total{route=\"/ws\",outcome=\"accepted\"} 1"),
             "{text}"
@@ -348,6 +367,21 @@ mod tests {
         assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 1)]);
         drop(guard);
         assert_eq!(m.open_sessions(), vec![("/ws".into(), "echo".into(), 0)]);
+        // Names as they are, not as the exposition escapes them.
+        let _quoted = m.session_open("/a\"b\\c", "relay");
+        assert_eq!(
+            m.open_sessions(),
+            vec![
+                ("/a\"b\\c".into(), "relay".into(), 1),
+                ("/ws".into(), "echo".into(), 0)
+            ]
+        );
+        assert!(
+            m.render([])
+                .contains(r#"wsgate_websockets_open{route="/a\"b\\c",mode="relay"} 1"#),
+            "{}",
+            m.render([])
+        );
         assert_eq!(json_string("a\"b\n"), "\"a\\\"b\\u000a\"");
     }
 }

@@ -506,7 +506,7 @@ impl Running {
                 for (index, route) in held.config.routes.iter().enumerate() {
                     let token = &held.route_closing[index];
                     if !token.is_cancelled() && !still_served(route, &snapshot.config.routes) {
-                        info!(route = %route.path, "route removed or changed; draining its WebSockets");
+                        info!(route = %route.name(), "route removed or changed; draining its WebSockets");
                         token.cancel();
                     }
                 }

@@ -191,12 +191,12 @@ async fn route(
     let hs = match handshake::validate(&req) {
         Ok(hs) => hs,
         Err(e) => {
-            metrics.upgrade(&route.path, "handshake");
+            metrics.upgrade(&route.name(), "handshake");
             return refuse(ctx, &e);
         }
     };
     if route.websocket == WsMode::Reject {
-        metrics.upgrade(&route.path, "rejected");
+        metrics.upgrade(&route.name(), "rejected");
         return refuse(ctx, &ClientError::UpgradeRejected);
     }
     if let Err(e) = origin::check(req.headers(), &route.ws) {
@@ -204,20 +204,20 @@ async fn route(
             ClientError::BadHandshake(_) => "handshake",
             _ => "origin",
         };
-        metrics.upgrade(&route.path, outcome);
+        metrics.upgrade(&route.name(), outcome);
         return refuse(ctx, &e);
     }
     // Upgrades are served through `drain_delay` like everything else, since the load balancer
     // may still send them (they get their 1001 with the rest); only a request read after the
     // listeners stopped, on a connection accepted before, is refused.
     if ctx.shutdown.accepting_stopped().is_cancelled() {
-        metrics.upgrade(&route.path, "draining");
+        metrics.upgrade(&route.name(), "draining");
         return with_close(text(StatusCode::SERVICE_UNAVAILABLE, "draining"));
     }
     let permit = match ctx.limiter.admit(client, &config.limits) {
         Ok(permit) => permit,
         Err(refusal) => {
-            metrics.upgrade(&route.path, "limits");
+            metrics.upgrade(&route.name(), "limits");
             let (status, why) = match refusal {
                 Refusal::Busy => (StatusCode::SERVICE_UNAVAILABLE, "too many connections"),
                 Refusal::Rate => (StatusCode::TOO_MANY_REQUESTS, "too many new connections"),
@@ -295,9 +295,9 @@ pub fn spawn_session<F, Fut>(
 {
     let snapshot = ctx.snapshot.clone();
     let metrics = ctx.metrics.clone();
-    let path = &snapshot.config.routes[index].path;
-    metrics.upgrade(path, "accepted");
-    metrics.handshake(path, mode, admitted.started.elapsed());
+    let route = snapshot.config.routes[index].name();
+    metrics.upgrade(&route, "accepted");
+    metrics.handshake(&route, mode, admitted.started.elapsed());
     let closing: Closing = Filtered::new(Box::pin(close_requested(
         snapshot.route_closing[index].clone(),
         snapshot.sockets_closing.clone(),
@@ -313,7 +313,7 @@ pub fn spawn_session<F, Fut>(
         peer = %admitted.client,
         conn = %ctx.peer,
         tls = ctx.tls,
-        route = %path,
+        route = %route,
         mode,
         upstream = upstream.as_deref().unwrap_or("-")
     );
@@ -372,8 +372,8 @@ struct Report {
 }
 
 impl Report {
-    fn path(&self) -> &str {
-        &self.snapshot.config.routes[self.index].path
+    fn route(&self) -> std::borrow::Cow<'_, str> {
+        self.snapshot.config.routes[self.index].name()
     }
 }
 
@@ -399,7 +399,7 @@ where
                         }
                     };
                     let (run, closing) = start.take().expect("the upgrade completes once");
-                    let open = report.metrics.session_open(report.path(), report.mode);
+                    let open = report.metrics.session_open(&report.route(), report.mode);
                     let started = std::time::Instant::now();
                     let session = run(
                         crate::upgraded::Stream::take(upgraded),
@@ -423,7 +423,7 @@ where
                     this.stage.set(Stage::Done);
                     report
                         .metrics
-                        .session_ended(report.path(), report.mode, &end, lasted);
+                        .session_ended(&report.route(), report.mode, &end, lasted);
                     info!(
                         target: "wsgate::access",
                         duration_ms = lasted.as_millis() as u64,

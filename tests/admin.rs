@@ -191,3 +191,185 @@ async fn ejected_upstreams_are_reported_down_and_admin_pages_take_only_get() {
     }
     gw.stop().await;
 }
+
+/// Scrapes `path` until `done` holds for the body: sessions are counted by their own tasks
+/// once the upgrade is taken over, a moment after the client reads the 101.
+async fn get_until(admin: std::net::SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            let (_, body) = get(admin, path).await;
+            if done(&body) {
+                break body;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{path} never showed what was expected"))
+}
+
+/// An open echo session on `path` for Host `host`, kept as its raw socket.
+async fn open_session(gw: &Gateway, path: &str, host: &str) -> tokio::net::TcpStream {
+    let req = UPGRADE
+        .replace("GET /ws ", &format!("GET {path} "))
+        .replace("Host: localhost", &format!("Host: {host}"))
+        + "\r\n";
+    let (s, head) = raw_request(gw.addr(), req.as_bytes()).await;
+    assert_eq!(status_of(&head), 101, "{head}");
+    s
+}
+
+/// Whether route `index`'s first upstream takes new connections, as the admin side reports.
+fn in_service(gw: &Gateway, index: usize) -> bool {
+    gw.state.current().upstreams(index).unwrap().set.targets[0].in_service()
+}
+
+/// A reload that removes a health-checked route removes its `upstream_healthy` series: left at
+/// 0, it would keep an "upstream down" alert firing for a route that no longer exists.
+#[tokio::test]
+async fn a_reload_removes_the_health_series_of_removed_routes() {
+    let dead = closed_port_addr();
+    let check =
+        "    health_check: { path: /hc, interval: 50ms, timeout: 50ms, unhealthy_after: 1 }\n";
+    let with = |routes: &[&str]| {
+        let mut yaml = format!(
+            "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n",
+            plain_listener()
+        );
+        for path in routes {
+            yaml += &format!("  - path: {path}\n    upstreams: [\"http://{dead}\"]\n{check}");
+        }
+        yaml
+    };
+    let gw = Gateway::start(&with(&["/kept", "/old"])).await;
+    let admin = gw.admin.expect("admin listener bound");
+    wait_until("both upstreams failing their checks", || {
+        !in_service(&gw, 0) && !in_service(&gw, 1)
+    })
+    .await;
+    let series = |route: &str| {
+        format!("wsgate_upstream_healthy{{route=\"{route}\",upstream=\"http://{dead}\"}}")
+    };
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series("/kept")), Some(0.0), "{metrics}");
+    assert_eq!(value(&metrics, &series("/old")), Some(0.0), "{metrics}");
+
+    let config = wsgate::config::load_str(&with(&["/kept"]), "t.yaml", std::path::Path::new("."));
+    gw.reloader.reload(config.unwrap()).await.unwrap();
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(value(&metrics, &series("/kept")), Some(0.0), "{metrics}");
+    assert!(!metrics.contains("route=\"/old\""), "{metrics}");
+    let (_, json) = get(admin, "/status").await;
+    assert!(!json.contains("/old"), "{json}");
+    gw.stop().await;
+}
+
+/// Routes with one path on two hosts are told apart in metrics and `/status` by host and
+/// path: with the path alone they shared their series, and the unchecked route's healthy
+/// upstream hid the checked one's failure.
+#[tokio::test]
+async fn routes_on_different_hosts_have_their_own_series() {
+    let dead = closed_port_addr();
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /app\n    host: a.example\n    websocket: echo\n    upstreams: [\"http://{dead}\"]\n    health_check: {{ path: /hc, interval: 50ms, timeout: 50ms, unhealthy_after: 1 }}\n  - path: /app\n    host: b.example\n    websocket: echo\n    upstreams: [\"http://{dead}\"]\n  - path: /app\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    wait_until("a.example's upstream failing its check", || {
+        !in_service(&gw, 0)
+    })
+    .await;
+    let (_, metrics) = get(admin, "/metrics").await;
+    let health = |route: &str| {
+        value(
+            &metrics,
+            &format!("wsgate_upstream_healthy{{route=\"{route}\",upstream=\"http://{dead}\"}}"),
+        )
+    };
+    assert_eq!(health("a.example/app"), Some(0.0), "{metrics}");
+    assert_eq!(health("b.example/app"), Some(1.0), "{metrics}");
+    assert_eq!(health("/app"), None, "{metrics}");
+
+    let a = [
+        open_session(&gw, "/app", "a.example").await,
+        open_session(&gw, "/app", "A.example:8080").await,
+    ];
+    let b = open_session(&gw, "/app", "b.example").await;
+    let any = open_session(&gw, "/app", "c.example").await;
+    let open = |route: &str| format!("wsgate_websockets_open{{route=\"{route}\",mode=\"echo\"}}");
+    let metrics = get_until(admin, "/metrics", |m| {
+        value(m, &open("a.example/app")) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        value(&metrics, &open("b.example/app")),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(value(&metrics, &open("/app")), Some(1.0), "{metrics}");
+    assert_eq!(
+        value(
+            &metrics,
+            "wsgate_upgrades_total{route=\"a.example/app\",outcome=\"accepted\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    let (_, json) = get(admin, "/status").await;
+    for expected in [
+        "{\"route\":\"/app\",\"mode\":\"echo\",\"open\":1}".to_string(),
+        "{\"route\":\"a.example/app\",\"mode\":\"echo\",\"open\":2}".to_string(),
+        "{\"route\":\"b.example/app\",\"mode\":\"echo\",\"open\":1}".to_string(),
+        format!("{{\"route\":\"a.example/app\",\"url\":\"http://{dead}\",\"healthy\":false,"),
+        format!("{{\"route\":\"b.example/app\",\"url\":\"http://{dead}\",\"healthy\":true,"),
+    ] {
+        assert!(json.contains(&expected), "{expected} in {json}");
+    }
+    // Gone clients end their sessions at once; open ones would hold the stop for their Close.
+    drop((a, b, any));
+    gw.stop().await;
+}
+
+/// `/status` names routes whose decoded paths hold `"` or `\` as they are, JSON-escaped once;
+/// it used to read the sessions back from the Prometheus text, escapes and all.
+#[tokio::test]
+async fn status_names_routes_with_quotes_and_backslashes() {
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /a%22b\n    websocket: echo\n  - path: /x%5Cy\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    let quote_session = open_session(&gw, "/a%22b", "localhost").await;
+    let backslash_sessions = [
+        open_session(&gw, "/x%5Cy", "localhost").await,
+        open_session(&gw, "/x%5Cy/z", "localhost").await,
+    ];
+    let quote = r#"{"route":"/a\"b","mode":"echo","open":1}"#;
+    let backslash = r#"{"route":"/x\\y","mode":"echo","open":2}"#;
+    get_until(admin, "/status", |j| {
+        j.contains(quote) && j.contains(backslash)
+    })
+    .await;
+    let (_, metrics) = get(admin, "/metrics").await;
+    assert_eq!(
+        value(
+            &metrics,
+            r#"wsgate_websockets_open{route="/a\"b",mode="echo"}"#
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        value(
+            &metrics,
+            r#"wsgate_websockets_open{route="/x\\y",mode="echo"}"#
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+    drop((quote_session, backslash_sessions));
+    gw.stop().await;
+}

@@ -11,6 +11,8 @@ pub use units::{format_duration, format_size, parse_duration, parse_size};
 pub(crate) use yaml::one_line;
 pub use yaml::{load_file, load_str, ConfigError};
 
+use std::borrow::Cow;
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -287,10 +289,34 @@ pub struct Route {
     pub line: usize,
 }
 
+impl Route {
+    /// What metrics, logs and `/status` call the route: its path, or for a route with a `host`
+    /// the host and path (`a.example/app`, `*.example.com/app`). The path alone would make
+    /// routes with one path on several hosts share their series, and one overwrite the other's
+    /// upstream health; routes without a host keep the bare path dashboards already use. No
+    /// route name without a host starts with anything but `/`, so the two forms never meet.
+    pub fn name(&self) -> Cow<'_, str> {
+        match &self.host {
+            None => Cow::Borrowed(&self.path),
+            Some(host) => Cow::Owned(format!("{host}{}", self.path)),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostPattern {
     pub host: String,
     pub wildcard: bool,
+}
+
+/// As written in the config: `example.com` or `*.example.com`.
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.wildcard {
+            f.write_str("*.")?;
+        }
+        f.write_str(&self.host)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1124,10 +1124,10 @@ fn routes(field: &Field, global: &WsOptions, enabled: bool, base_dir: &Path) -> 
             .iter()
             .position(|r| r.host == route.host && r.path == route.path)
         {
-            let host = route.host.as_ref().map_or_else(
-                || "any host".to_string(),
-                |h| format!("host {}{}", if h.wildcard { "*." } else { "" }, h.host),
-            );
+            let host = route
+                .host
+                .as_ref()
+                .map_or_else(|| "any host".to_string(), |h| format!("host {h}"));
             return Err(item.error(format!(
                 "duplicate route: path {} on {host} is already routed by routes[{first}] (line {}); routes[{i}] would never match",
                 route.path, routes[first].line
@@ -2292,6 +2292,16 @@ routes:
         }
         assert!(host_pattern("[::1]:80").unwrap_err().contains("IPv6"));
         assert!(host_pattern("[nope]").unwrap_err().contains("IPv6"));
+    }
+
+    #[test]
+    fn route_names_add_the_host_only_to_routes_that_have_one() {
+        let c = load(&with_listen(
+            "routes:\n  - path: /a%22pp\n  - path: /app\n    host: '*.Example.com'\n  - path: /app\n    host: '[0::1]'\n",
+        ))
+        .unwrap();
+        let names: Vec<_> = c.routes.iter().map(|r| r.name().into_owned()).collect();
+        assert_eq!(names, ["/a\"pp", "*.example.com/app", "[::1]/app"]);
     }
 
     #[test]

@@ -93,7 +93,7 @@ pub async fn forward(
         None => exchange(ctx, index, req.map(RequestBody::Streaming)).await,
     };
     ctx.metrics
-        .http_request(&route.path, resp.status().as_u16());
+        .http_request(&route.name(), resp.status().as_u16());
     resp
 }
 
@@ -263,7 +263,7 @@ async fn exchange(
     let route = &ctx.snapshot.config.routes[index];
     let Some(upstreams) = ctx.snapshot.upstreams(index) else {
         // service.rs only calls us for routes with upstreams; a snapshot without them is a bug.
-        warn!(route = %route.path, "route has no upstream set");
+        warn!(route = %route.name(), "route has no upstream set");
         return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error");
     };
     let client_ip = canonical(ctx.client_ip(req.headers()));
@@ -271,7 +271,7 @@ async fn exchange(
     let lease = match upstreams.set.pick(client_ip, sticky.as_deref()) {
         Ok(lease) => lease,
         Err(e) => {
-            warn!(route = %route.path, error = %e, "no upstream to forward to");
+            warn!(route = %route.name(), error = %e, "no upstream to forward to");
             return upstream_error_response(&e);
         }
     };
@@ -334,7 +334,7 @@ async fn exchange(
         // The request went without Upgrade (hop-by-hop), so no switch was asked for: passing the
         // 101 on would leave the client with a connection that speaks nothing it knows.
         let upstream = &lease.upstream().url;
-        warn!(route = %route.path, %upstream, "upstream answered 101 to a plain request");
+        warn!(route = %route.name(), %upstream, "upstream answered 101 to a plain request");
         return text(
             StatusCode::BAD_GATEWAY,
             "upstream switched protocols unasked",
@@ -343,7 +343,7 @@ async fn exchange(
     if let Some(coding) = foreign_transfer_coding(resp.headers()) {
         let upstream = &lease.upstream().url;
         warn!(
-            route = %route.path,
+            route = %route.name(),
             %upstream,
             coding,
             "upstream answered in a transfer coding wsgate does not decode"
@@ -651,7 +651,7 @@ fn upstream_error_response(e: &UpstreamError) -> Response<Body> {
 }
 
 fn log_failure(route: &Route, upstream: &Upstream, kind: &UpstreamError) {
-    warn!(route = %route.path, upstream = %upstream.url, error = %kind, "upstream request failed");
+    warn!(route = %route.name(), upstream = %upstream.url, error = %kind, "upstream request failed");
 }
 
 /// Who a failed exchange is attributed to.
@@ -746,7 +746,7 @@ impl IdleLimit {
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             moved: false,
-            route: route.path.as_str().into(),
+            route: route.name().into(),
             upstream: upstream.url.as_str().into(),
         })
     }

@@ -69,7 +69,7 @@ pub async fn handle(
     let sticky = sticky_cookie(req.headers()).map(str::to_owned);
     let lease = match upstreams.set.pick(admitted.client, sticky.as_deref()) {
         Ok(lease) => lease,
-        Err(e) => return upstream_failed(ctx, &route.path, "passthrough", "-", e),
+        Err(e) => return upstream_failed(ctx, &route.name(), "passthrough", "-", e),
     };
     let upstream = lease.upstream();
     // service.rs validated the handshake, so there is exactly one key.
@@ -109,7 +109,7 @@ pub async fn handle(
             lease.report_success();
             info!(
                 peer = %ctx.peer,
-                route = %route.path,
+                route = %route.name(),
                 upstream = %upstream.url,
                 status = resp.status().as_u16(),
                 "upstream did not upgrade; its answer is relayed and nothing is tunnelled"
@@ -122,7 +122,7 @@ pub async fn handle(
             if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
-            return upstream_failed(ctx, &route.path, "passthrough", &upstream.url, e);
+            return upstream_failed(ctx, &route.name(), "passthrough", &upstream.url, e);
         }
     };
 

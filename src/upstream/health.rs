@@ -36,7 +36,7 @@ pub fn spawn_health_checks(
                 check: check.clone(),
                 tls: upstreams.ws_tls.clone(),
             };
-            let span = info_span!("health", route = %route.path, upstream = %target.upstream.url);
+            let span = info_span!("health", route = %route.name(), upstream = %target.upstream.url);
             tracker.spawn(checker.run(stop.clone()).instrument(span));
         }
     }

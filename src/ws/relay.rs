@@ -150,7 +150,7 @@ pub async fn handle(
         .pick(admitted.client, sticky_cookie(req.headers()))
     {
         Ok(lease) => lease,
-        Err(e) => return upstream_failed(ctx, &route.path, "relay", "-", e),
+        Err(e) => return upstream_failed(ctx, &route.name(), "relay", "-", e),
     };
     let upstream = lease.upstream();
     let deadline = tokio::time::Instant::now() + route.upstream_timeout;
@@ -182,7 +182,7 @@ pub async fn handle(
             if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
                 lease.report_failure();
             }
-            return upstream_failed(ctx, &route.path, "relay", &upstream.url, e);
+            return upstream_failed(ctx, &route.name(), "relay", &upstream.url, e);
         }
     };
 
