@@ -164,6 +164,29 @@ async fn a_refusal_is_relayed_and_nothing_pipelined_is_tunnelled() {
     gw.stop().await;
 }
 
+/// A refusal is an ordinary response, and its body is held to `response_idle_timeout` as any
+/// other: an app that stops mid-body no longer holds the client and its own connection for as
+/// long as it likes.
+#[tokio::test]
+async fn a_refusal_whose_body_stalls_is_cut_at_response_idle_timeout() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&config(&app.url(), "    response_idle_timeout: 300ms\n")).await;
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let mut up = app.accept().await;
+    read_head(&mut up).await;
+    up.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let (mut c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 200, "{resp}");
+    // Cut after the ten bytes that came, short of the twenty announced.
+    let rest = read_to_eof(&mut c).await;
+    assert_eq!(rest, b"0123456789", "{}", String::from_utf8_lossy(&rest));
+    // And the app's connection is let go.
+    assert!(read_to_eof(&mut up).await.is_empty());
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn a_101_with_the_wrong_accept_gets_502_and_no_tunnel() {
     let mut app = spawn_raw_app().await;

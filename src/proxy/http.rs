@@ -364,16 +364,30 @@ async fn exchange(
     // hyper's server writes the version it speaks with the client; an upstream's HTTP/2 or
     // HTTP/1.0 must not leak into that.
     parts.version = Version::HTTP_11;
-    let body = LeasedBody {
+    let upstream = lease.upstream().clone();
+    let body = upstream_body(body, Some(lease), route, &upstream);
+    parts.extensions.insert(BodyForwarded);
+    Response::from_parts(parts, body)
+}
+
+/// An upstream's response body as the client gets it, whichever way it came (the pooled
+/// exchange, or a passthrough upgrade the app refused): counted against `lease` while it
+/// streams, and cut if it pauses past the route's `response_idle_timeout`.
+pub(crate) fn upstream_body(
+    body: Incoming,
+    lease: Option<Lease>,
+    route: &Route,
+    upstream: &Upstream,
+) -> Body {
+    LeasedBody {
         idle: match hyper::body::Body::is_end_stream(&body) {
             true => None,
-            false => IdleLimit::new(route, lease.upstream()),
+            false => IdleLimit::new(route, upstream),
         },
         inner: body,
-        lease: Some(lease),
-    };
-    parts.extensions.insert(BodyForwarded);
-    Response::from_parts(parts, body.boxed())
+        lease,
+    }
+    .boxed()
 }
 
 /// Why a request ran out of `upstream_timeout`.

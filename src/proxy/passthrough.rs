@@ -12,7 +12,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper::body::Incoming;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tracing::info;
@@ -21,7 +21,7 @@ use super::{add_forwarding_headers, strip_hop_by_hop, strip_hop_by_hop_keeping};
 use crate::buffer::{poll_read_lent, Filled, Turn, COPY_CHUNK};
 use crate::error::UpstreamError;
 use crate::service::{
-    empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, BoxError, ConnContext,
+    empty, spawn_session, text, upstream_failed, with_close, Admitted, Body, ConnContext,
 };
 use crate::stall::Stall;
 use crate::upgraded::Stream;
@@ -114,7 +114,7 @@ pub async fn handle(
                 status = resp.status().as_u16(),
                 "upstream did not upgrade; its answer is relayed and nothing is tunnelled"
             );
-            return relayed_refusal(resp);
+            return relayed_refusal(resp, lease, route);
         }
         Err(e) => {
             // Only a connection that could not be made counts towards ejection: an app that is
@@ -202,10 +202,16 @@ fn upstream_request(
 
 /// An app's non-101 answer goes back as an ordinary response, then the client connection closes:
 /// whatever the client sent after its upgrade must never be read as a next request.
-fn relayed_refusal(resp: Response<Incoming>) -> Response<Body> {
+/// Its body is held to the route's `response_idle_timeout`, as a plain request's is.
+fn relayed_refusal(
+    resp: Response<Incoming>,
+    lease: crate::upstream::Lease,
+    route: &crate::config::Route,
+) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+    let upstream = lease.upstream().clone();
+    let body = super::http::upstream_body(body, Some(lease), route, &upstream);
     with_close(Response::from_parts(parts, body))
 }
 
