@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -260,7 +260,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let http = ctx.snapshot.config.http.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(InSpan);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -345,6 +345,23 @@ where
     } else {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
         drive!(conn);
+    }
+}
+
+/// hyper's executor for the tasks an HTTP/2 connection spawns, one per stream: each runs in the
+/// span of the connection that spawned it (hyper spawns from within the connection's poll),
+/// so an HTTP/2 request's log lines name the peer and listener as an HTTP/1 request's do.
+/// tokio's own executor would start them in no span at all.
+#[derive(Clone, Copy)]
+struct InSpan;
+
+impl<F> hyper::rt::Executor<F> for InSpan
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(fut.instrument(tracing::Span::current()));
     }
 }
 

@@ -424,6 +424,29 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     for field in ["\"status\":200", "\"client\":\"203.0.113.7\""] {
         assert!(request.contains(field), "{field} missing in {request}");
     }
+    // Over HTTP/2 too, with the connection's span (peer and listener) as over HTTP/1: hyper
+    // runs each HTTP/2 stream in a task of its own.
+    let listener = format!("\"listener\":\"{second}\"");
+    assert!(
+        request.contains(&listener),
+        "{listener} missing in {request}"
+    );
+    let h2 = rt.block_on(async {
+        let tcp = tokio::net::TcpStream::connect(&second).await.unwrap();
+        let req = http::Request::get(format!("http://{second}/healthz"))
+            .header("x-forwarded-for", "198.51.100.2")
+            .body(app_body(""))
+            .unwrap();
+        h2_send(tcp, req).await.status()
+    });
+    assert_eq!(h2, 200);
+    let request = lines.next_matching(|l| {
+        l.contains("\"message\":\"request\"") && l.contains("\"client\":\"198.51.100.2\"")
+    });
+    assert!(
+        request.contains(&listener),
+        "{listener} missing in {request}"
+    );
     std::fs::write(&file, one).unwrap();
     hup(&child);
     lines.next_matching(|l| l.contains("listener removed"));
