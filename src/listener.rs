@@ -315,11 +315,16 @@ where
                         }
                         match activity.idle(timeout) {
                             Idle::Until(until) => idle.as_mut().reset(until),
-                            // Not one request yet (a silent client, or a preface and no more):
-                            // nothing to finish, so nothing to wait for.
+                            // Not one request yet (a silent client, or a preface and no
+                            // more): nothing to finish, but an HTTP/2 client is told why with
+                            // a GOAWAY (a connection still sniffing its protocol just ends),
+                            // given a moment to flush it.
                             Idle::Never => {
                                 debug!("no request within the header timeout; closing");
-                                return;
+                                closing = true;
+                                conn.as_mut().graceful_shutdown();
+                                let flush = timeout.min(Duration::from_secs(1));
+                                idle.as_mut().reset(tokio::time::Instant::now() + flush);
                             }
                             Idle::Now => {
                                 debug!("no request open within the header timeout; closing");

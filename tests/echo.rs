@@ -516,6 +516,23 @@ async fn an_idle_or_stalled_http2_connection_is_closed_after_the_header_timeout(
     stalled.extend([0, 0, 2, 1, 0x01, 0, 0, 0, 1, 0x82, 0x86]);
     s.write_all(&stalled).await.unwrap();
     read_to_eof(&mut s).await;
+
+    // The preface, SETTINGS and PINGs, but never a request: told so with a GOAWAY, as README
+    // says, before the connection ends.
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    let mut quiet = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    quiet.extend([0, 0, 0, 4, 0, 0, 0, 0, 0]);
+    quiet.extend([0, 0, 8, 6, 0, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8]);
+    s.write_all(&quiet).await.unwrap();
+    let got = read_to_eof(&mut s).await;
+    let mut types = Vec::new();
+    let mut rest = &got[..];
+    while rest.len() >= 9 {
+        let len = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        types.push(rest[3]);
+        rest = &rest[(9 + len).min(rest.len())..];
+    }
+    assert!(types.contains(&7), "no GOAWAY among frame types {types:?}");
     gw.stop().await;
 }
 
