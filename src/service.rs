@@ -12,7 +12,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use tracing::{info, info_span, warn, Instrument};
+use tracing::{debug, info, info_span, warn, Instrument};
 
 use crate::config::WsMode;
 use crate::error::ClientError;
@@ -393,7 +393,11 @@ where
                     let upgraded = match std::task::ready!(Pin::new(on_upgrade).poll(cx)) {
                         Ok(u) => u,
                         Err(e) => {
-                            warn!(error = %e, "upgrade did not complete");
+                            // The client left between its upgrade request and the switch: its
+                            // doing, so not a warning, but counted, so that `accepted` less the
+                            // sessions that ended still adds up.
+                            debug!(error = %e, "upgrade did not complete");
+                            report.metrics.upgrade(&report.route(), "abandoned");
                             this.stage.set(Stage::Done);
                             return std::task::Poll::Ready(());
                         }

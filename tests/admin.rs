@@ -192,6 +192,39 @@ async fn ejected_upstreams_are_reported_down_and_admin_pages_take_only_get() {
     gw.stop().await;
 }
 
+/// A client that resets its connection right after its upgrade request never gets a session:
+/// its upgrade is counted as abandoned (besides accepted), so `accepted` less the sessions
+/// that ended still adds up, and no session is left counted open.
+#[tokio::test]
+async fn an_upgrade_the_client_abandons_is_counted_as_such() {
+    use tokio::io::AsyncWriteExt;
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(format!("{UPGRADE}\r\n").as_bytes())
+        .await
+        .unwrap();
+    s.set_zero_linger().unwrap();
+    drop(s);
+    let series = "wsgate_upgrades_total{route=\"/ws\",outcome=\"abandoned\"}";
+    let metrics = get_until(admin, "/metrics", |m| value(m, series).is_some()).await;
+    assert_eq!(value(&metrics, series), Some(1.0), "{metrics}");
+    assert_eq!(
+        value(
+            &metrics,
+            "wsgate_websockets_open{route=\"/ws\",mode=\"echo\"}"
+        )
+        .unwrap_or(0.0),
+        0.0,
+        "{metrics}"
+    );
+    gw.stop().await;
+}
+
 /// Scrapes `path` until `done` holds for the body: sessions are counted by their own tasks
 /// once the upgrade is taken over, a moment after the client reads the 101.
 async fn get_until(admin: std::net::SocketAddr, path: &str, done: impl Fn(&str) -> bool) -> String {
