@@ -285,24 +285,36 @@ async fn a_reload_to_a_taken_address_names_its_key_and_changes_nothing() {
     gw.stop().await;
 }
 
-#[tokio::test]
-async fn a_changed_file_is_reloaded_by_the_watcher() {
-    let dir = TempDir::new("reload-watch");
-    let file = dir.path().join("wsgate.yaml");
-    std::fs::write(&file, yaml("", "")).unwrap();
+/// A gateway started on `yaml("", "")`, written to `file` too, whose watcher follows `file`.
+async fn watched(file: &std::path::Path) -> (Gateway, tokio::task::JoinHandle<()>) {
+    std::fs::write(file, yaml("", "")).unwrap();
     let gw = Gateway::start(&yaml("", "")).await;
     let watcher = tokio::spawn(wsgate::reload::watch_file(
-        file.clone(),
+        file.to_owned(),
         gw.reloader.clone(),
     ));
-    std::fs::write(&file, yaml("  - path: /fresh\n    websocket: echo\n", "")).unwrap();
+    (gw, watcher)
+}
+
+/// Waits, up to the wait, for the watcher to have reloaded up to `generation`: the watcher
+/// runs on its own clock, so there is nothing to await but the generation itself.
+async fn reaches(gw: &Gateway, generation: u64) {
     tokio::time::timeout(WAIT, async {
-        while gw.state.generation() < 2 {
+        while gw.state.generation() < generation {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     })
     .await
     .expect("the watcher never reloaded");
+}
+
+#[tokio::test]
+async fn a_changed_file_is_reloaded_by_the_watcher() {
+    let dir = TempDir::new("reload-watch");
+    let file = dir.path().join("wsgate.yaml");
+    let (gw, watcher) = watched(&file).await;
+    std::fs::write(&file, yaml("  - path: /fresh\n    websocket: echo\n", "")).unwrap();
+    reaches(&gw, 2).await;
     assert_eq!(status(&gw, "/fresh").await, 101);
     watcher.abort();
     gw.stop().await;
@@ -393,12 +405,7 @@ async fn a_file_rewritten_in_place_is_not_loaded_half_written() {
     use std::io::Write;
     let dir = TempDir::new("reload-half");
     let file = dir.path().join("wsgate.yaml");
-    std::fs::write(&file, yaml("", "")).unwrap();
-    let gw = Gateway::start(&yaml("", "")).await;
-    let watcher = tokio::spawn(wsgate::reload::watch_file(
-        file.clone(),
-        gw.reloader.clone(),
-    ));
+    let (gw, watcher) = watched(&file).await;
     let whole = yaml(
         "  - path: /fresh\n    websocket: echo\n  - path: /second\n    websocket: echo\n",
         "",
@@ -414,13 +421,7 @@ async fn a_file_rewritten_in_place_is_not_loaded_half_written() {
     tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
     out.write_all(&whole.as_bytes()[cut..]).unwrap();
     drop(out);
-    tokio::time::timeout(WAIT, async {
-        while gw.state.generation() < 2 {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .expect("the watcher never reloaded");
+    reaches(&gw, 2).await;
     assert_eq!(status(&gw, "/second").await, 101);
     assert_eq!(gw.state.generation(), 2, "the half file was loaded first");
     watcher.abort();
