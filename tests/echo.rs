@@ -743,7 +743,11 @@ async fn health_and_sample_page() {
         "{head}"
     );
     read_to_eof(&mut late).await;
-    assert_eq!(expect_close(&mut ws).await, 1001);
+    // In the words relay and passthrough use for a shutdown too.
+    assert_eq!(
+        expect_close_frame(&mut ws).await,
+        (1001, "server shutting down".to_string())
+    );
     gw.stop().await;
 }
 

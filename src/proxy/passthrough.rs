@@ -260,7 +260,7 @@ where
         }) => Ok(r),
     };
     let (closed_by, reason) = match first {
-        Err(request) => (ClosedBy::Gateway, request.forwarded_reason().to_owned()),
+        Err(request) => (ClosedBy::Gateway, request.reason().to_owned()),
         Ok((client_first, end)) => {
             let verdict = match (client_first, end) {
                 (true, PipeEnd::Eof) => (ClosedBy::Client, "client closed".to_owned()),
@@ -493,8 +493,8 @@ mod tests {
         assert_eq!(wakes.get(), 0, "without a yield");
     }
 
-    /// A tunnel ended by its closer is logged with the closer's reason: an age limit and a
-    /// reload's drain as echo and relay give them, a shutdown in relay's words.
+    /// A tunnel ended by its closer is logged with the closer's reason, in the words echo and
+    /// relay give it.
     #[tokio::test]
     async fn a_closed_tunnel_is_logged_with_the_close_requests_reason() {
         for (request, reason) in [

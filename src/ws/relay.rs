@@ -255,12 +255,10 @@ impl CloseNow {
         self.raised.raised()
     }
 
-    /// The reason the 1001 carries (see [`CloseRequest::forwarded_reason`]).
+    /// The reason the 1001 carries (see [`CloseRequest::reason`]).
     fn reason(&self) -> &'static str {
         let request = self.request.get().copied();
-        request
-            .unwrap_or(CloseRequest::GoingAway)
-            .forwarded_reason()
+        request.unwrap_or(CloseRequest::GoingAway).reason()
     }
 }
 

@@ -141,20 +141,13 @@ pub enum CloseRequest {
 }
 
 impl CloseRequest {
+    /// The reason its 1001 carries, the same in every mode (to both legs in relay, and in the
+    /// access log), so a client or an app reads one word for one cause.
     pub fn reason(self) -> &'static str {
         match self {
-            CloseRequest::GoingAway => "server going away",
+            CloseRequest::GoingAway => "server shutting down",
             CloseRequest::RouteChanged => "route changed by a reload",
             CloseRequest::Retired => "connection age limit",
-        }
-    }
-
-    /// The reason relay and passthrough give, to both legs and in the access log: the words
-    /// they have always used for a shutdown, and echo's for a drain or an age limit.
-    pub fn forwarded_reason(self) -> &'static str {
-        match self {
-            CloseRequest::GoingAway => "server shutting down",
-            CloseRequest::RouteChanged | CloseRequest::Retired => self.reason(),
         }
     }
 }
