@@ -396,6 +396,34 @@ fn echo_while_a_read_hangs(
     })
 }
 
+/// `edit; systemctl reload` is one reload: contents a SIGHUP has loaded count as seen by the
+/// watcher. That the watcher does not load them again can only be seen by letting its window
+/// pass (a rewrite in place stands 2 s, then a poll), so the test waits that out once; a
+/// change after it is then loaded as the next generation.
+#[tokio::test]
+async fn a_file_a_sighup_loaded_is_not_loaded_again_by_the_watcher() {
+    let dir = TempDir::new("reload-dedupe");
+    let file = dir.path().join("wsgate.yaml");
+    let (gw, watcher) = watched(&file).await;
+    std::fs::write(&file, yaml("  - path: /first\n    websocket: echo\n", "")).unwrap();
+    wsgate::reload::reload_from(&file, &gw.reloader).await;
+    assert_eq!(gw.state.generation(), 2);
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    assert_eq!(gw.state.generation(), 2, "the watcher loaded it again");
+    let next = dir.path().join("next.yaml");
+    std::fs::write(&next, yaml("  - path: /second\n    websocket: echo\n", "")).unwrap();
+    std::fs::rename(&next, &file).unwrap();
+    reaches(&gw, 3).await;
+    assert_eq!(status(&gw, "/second").await, 101);
+    assert_eq!(
+        gw.state.generation(),
+        3,
+        "the first change was loaded twice"
+    );
+    watcher.abort();
+    gw.stop().await;
+}
+
 /// A file rewritten in place by a writer that pauses mid-file is not loaded half written: the
 /// first half here is valid YAML without the second route, and used to be loaded (dropping
 /// that route) once it had stood for one poll. Rewritten in place, a file must now stand for
