@@ -364,8 +364,7 @@ async fn exchange(
     // hyper's server writes the version it speaks with the client; an upstream's HTTP/2 or
     // HTTP/1.0 must not leak into that.
     parts.version = Version::HTTP_11;
-    let upstream = lease.upstream().clone();
-    let body = upstream_body(body, Some(lease), route, &upstream);
+    let body = upstream_body(body, lease, route);
     parts.extensions.insert(BodyForwarded);
     Response::from_parts(parts, body)
 }
@@ -373,19 +372,14 @@ async fn exchange(
 /// An upstream's response body as the client gets it, whichever way it came (the pooled
 /// exchange, or a passthrough upgrade the app refused): counted against `lease` while it
 /// streams, and cut if it pauses past the route's `response_idle_timeout`.
-pub(crate) fn upstream_body(
-    body: Incoming,
-    lease: Option<Lease>,
-    route: &Route,
-    upstream: &Upstream,
-) -> Body {
+pub(crate) fn upstream_body(body: Incoming, lease: Lease, route: &Route) -> Body {
     LeasedBody {
         idle: match hyper::body::Body::is_end_stream(&body) {
             true => None,
-            false => IdleLimit::new(route, upstream),
+            false => IdleLimit::new(route),
         },
         inner: body,
-        lease,
+        lease: Some(lease),
     }
     .boxed()
 }
@@ -749,19 +743,18 @@ struct IdleLimit {
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     moved: bool,
+    /// For the warning when it runs out; the upstream is the lease's.
     route: Arc<str>,
-    upstream: Arc<str>,
 }
 
 impl IdleLimit {
-    fn new(route: &Route, upstream: &Upstream) -> Option<Self> {
+    fn new(route: &Route) -> Option<Self> {
         let limit = route.response_idle_timeout?;
         Some(Self {
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             moved: false,
             route: route.name().into(),
-            upstream: upstream.url.as_str().into(),
         })
     }
 
@@ -793,9 +786,13 @@ impl hyper::body::Body for LeasedBody {
         if let Some(idle) = &mut this.idle {
             match &polled {
                 Poll::Pending if idle.expired(cx) => {
+                    let upstream = this
+                        .lease
+                        .as_ref()
+                        .map_or("-", |l| l.upstream().url.as_str());
                     warn!(
                         route = %idle.route,
-                        upstream = %idle.upstream,
+                        upstream,
                         limit = ?idle.limit,
                         "upstream response body stalled; response cut"
                     );

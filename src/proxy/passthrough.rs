@@ -210,8 +210,7 @@ fn relayed_refusal(
 ) -> Response<Body> {
     let (mut parts, body) = resp.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    let upstream = lease.upstream().clone();
-    let body = super::http::upstream_body(body, Some(lease), route, &upstream);
+    let body = super::http::upstream_body(body, lease, route);
     with_close(Response::from_parts(parts, body))
 }
 
