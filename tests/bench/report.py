@@ -209,6 +209,20 @@ def checks(d):
                     1.0)
         ratio_check("relay / passthrough" + label, "wsgate-relay" + sfx,
                     "wsgate-passthrough" + sfx, ["1MiB"], 0.8)
+        # "CPU per relayed echo below nginx's in the same run" names no size, so every size is
+        # judged: the target's CPU time per echoed message (both directions) in the same rounds.
+        for s in d.sizes:
+            relay, nginx = "wsgate-relay" + sfx, "nginx" + sfx
+            ca = d.tp_med(relay, s, "target_cpu_us_per_msg")
+            cb = d.tp_med(nginx, s, "target_cpu_us_per_msg")
+            what = f"CPU per relayed echo{label} at {size_label(s)}"
+            if ca is None or cb is None:
+                missing = [t for t, v in ((relay, ca), (nginx, cb)) if v is None]
+                out.append((what, "not available: " + ", ".join(
+                    f"{t} ({d.why(t)})" for t in missing), "below nginx", "N/A"))
+                continue
+            out.append((what, f"{ca:.2f} µs vs nginx {cb:.2f} µs ({ca / cb:.2f}×)",
+                        "below nginx", "PASS" if ca < cb else "FAIL"))
 
     base = d.lat_med("latency-1conn", "direct", "p50_us")
     # nginx and HAProxy for reference: what a hop through the usual proxies adds on the same
