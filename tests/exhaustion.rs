@@ -1,0 +1,111 @@
+//! The gateway out of file descriptors. The test process shares its descriptor table with the
+//! gateway it runs, so taking every free descriptor here takes them from the gateway too; the
+//! tests of this file take turns, as each one does that.
+
+mod common;
+
+use common::*;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Lowers the soft limit on open files, so that taking every free descriptor takes a few
+/// hundred, not whatever the system allows.
+fn low_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let current = limit.current.map_or(512, |c| c.min(512));
+    setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(current),
+            maximum: limit.maximum,
+        },
+    )
+    .unwrap();
+}
+
+/// Every descriptor the process could still open, held until dropped.
+fn take_every_fd() -> Vec<std::fs::File> {
+    let mut held = Vec::new();
+    loop {
+        match std::fs::File::open("/dev/null") {
+            Ok(f) => held.push(f),
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::MFILE.raw_os_error()) => {
+                return held
+            }
+            Err(e) => panic!("opening /dev/null: {e}"),
+        }
+    }
+}
+
+/// A connection the gateway has accepted and served a request on, so that it holds its
+/// descriptor before the test takes the rest.
+async fn served_connection(gw: &Gateway) -> TcpStream {
+    let mut s = TcpStream::connect(gw.addr()).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut s).await;
+    assert_eq!(status_of(&head), 200, "{head}");
+    read_exactly(&mut s, 3).await; // "ok\n"
+    s
+}
+
+/// Out of descriptors, the gateway cannot open a socket to any upstream: that is its own limit
+/// (503), not the app's failure (502), and no reason to eject an upstream that is up, which
+/// would keep refusing clients for the cooldown after the descriptors came back.
+#[tokio::test]
+async fn upstream_connects_out_of_descriptors_get_503_and_eject_nothing() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    low_file_limit();
+    let app = spawn_ws_app(None).await;
+    let http_app =
+        spawn_http_app(None, |_req| async { hyper::Response::new(app_body("hi")) }).await;
+    let gw = Gateway::start(&format!(
+        "listen:\n{}routes:\n  - path: /relay\n    websocket: relay\n    upstreams: [\"{}\"]\n  - path: /pass\n    websocket: passthrough\n    upstreams: [\"{}\"]\n  - path: /http\n    upstreams: [\"http://{http_app}\"]\n",
+        plain_listener(),
+        app.url(),
+        app.url(),
+    ))
+    .await;
+    let upgrade = |path: &str| UPGRADE.replace("GET /ws ", &format!("GET {path} ")) + "\r\n";
+    let get = b"GET /http HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let requests = [
+        ("relay", upgrade("/relay").into_bytes()),
+        ("passthrough", upgrade("/pass").into_bytes()),
+        ("http", get),
+    ];
+    let mut held = Vec::new();
+    for (what, request) in &requests {
+        // More than the consecutive failures that eject an upstream.
+        for _ in 0..4 {
+            let mut s = served_connection(&gw).await;
+            let hog = take_every_fd();
+            s.write_all(request).await.unwrap();
+            let head = read_head(&mut s).await;
+            drop(hog);
+            assert_eq!(status_of(&head), 503, "{what}: {head}");
+            // Nothing of this turn may free a descriptor during the next one: a refused upgrade's
+            // connection is closed once the gateway has closed its side, a 503 to a plain request
+            // keeps its connection, which is held.
+            if *what == "http" {
+                held.push(s);
+            } else {
+                read_to_eof(&mut s).await;
+            }
+        }
+        let (s, head) = raw_request(gw.addr(), request).await;
+        let expected = if *what == "http" { 200 } else { 101 };
+        assert_eq!(
+            status_of(&head),
+            expected,
+            "{what} once descriptors are back: {head}"
+        );
+        drop(s);
+        // Likewise its session's two sockets.
+        wait_until("the session ended", || gw.state.limiter.open() == 0).await;
+    }
+    gw.stop().await;
+}
