@@ -109,3 +109,43 @@ async fn upstream_connects_out_of_descriptors_get_503_and_eject_nothing() {
     }
     gw.stop().await;
 }
+
+/// The process's CPU time so far.
+fn cpu_time() -> std::time::Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ProcessCPUTime);
+    std::time::Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+/// A connection the admin listener cannot take for want of a descriptor stays in its backlog,
+/// so each accept fails at once: the admin loop must back off as the public listeners do, not
+/// spin a core for as long as the shortage lasts.
+#[tokio::test]
+async fn the_admin_listener_backs_off_when_out_of_descriptors() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    low_file_limit();
+    let gw = Gateway::start(&format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /ws\n    websocket: echo\n",
+        plain_listener()
+    ))
+    .await;
+    let admin = gw.admin.expect("admin listener bound");
+    let mut hog = take_every_fd();
+    hog.pop();
+    // Takes the last descriptor; the gateway has none left to accept it with.
+    let _waiting = TcpStream::connect(admin).await.unwrap();
+    let window = std::time::Duration::from_millis(500);
+    let before = cpu_time();
+    tokio::time::sleep(window).await;
+    let spent = cpu_time() - before;
+    drop(hog);
+    assert!(
+        spent < window / 2,
+        "{spent:?} of CPU in {window:?} while the admin listener could not accept"
+    );
+    let mut s = TcpStream::connect(admin).await.unwrap();
+    s.write_all(b"GET /status HTTP/1.1\r\nHost: admin\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_head(&mut s).await), 200);
+    gw.stop().await;
+}
