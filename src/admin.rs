@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info};
+use tracing::{debug, info};
 
 use crate::error::Error;
 use crate::metrics::json_string;
@@ -50,6 +50,8 @@ pub async fn serve(
     if let Some(address) = address {
         info!(%address, "admin listening");
     }
+    let mut failures = crate::listener::AcceptFailures::default();
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -58,13 +60,11 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                // Out of file descriptors, accept fails at once for as long as a connection
-                // waits: retried at once, it would spin a core while the shortage lasts.
-                error!(listener = ?address, error = %e, "admin accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                failures.failed(address.unwrap_or(unknown), &e).await;
                 continue;
             }
         };
+        failures.succeeded(address.unwrap_or(unknown));
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -149,3 +149,60 @@ async fn the_admin_listener_backs_off_when_out_of_descriptors() {
     assert_eq!(status_of(&read_head(&mut s).await), 200);
     gw.stop().await;
 }
+
+/// What a test's gateway logs, as text.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Logs {
+    fn count(&self, needle: &str) -> usize {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .matches(needle)
+            .count()
+    }
+}
+
+/// A listener out of descriptors retries every 50 ms; it says so once, and once that it
+/// accepts again, rather than a line at every retry for as long as the shortage lasts.
+#[tokio::test]
+async fn an_accept_failure_is_logged_once_per_shortage() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    low_file_limit();
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    // The test's runtime has one thread, which runs the gateway too.
+    let _logging = tracing::subscriber::set_default(subscriber);
+    let gw = Gateway::start(&format!(
+        "listen:\n{}routes:\n  - path: /ws\n    websocket: echo\n",
+        plain_listener()
+    ))
+    .await;
+    let mut hog = take_every_fd();
+    hog.pop();
+    let mut waiting = TcpStream::connect(gw.addr()).await.unwrap();
+    // Several retries' worth.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(hog);
+    waiting
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(status_of(&read_head(&mut waiting).await), 200);
+    assert_eq!(logs.count("accept failed"), 1, "one line per shortage");
+    assert_eq!(logs.count("accepting again"), 1);
+    gw.stop().await;
+}
