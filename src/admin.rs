@@ -50,14 +50,21 @@ pub async fn serve(
     if let Some(address) = address {
         info!(%address, "admin listening");
     }
+    let mut failures = crate::listener::AcceptFailures::default();
+    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let Ok((stream, _)) = accepted else {
-            continue;
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                failures.failed(address.unwrap_or(unknown), &e).await;
+                continue;
+            }
         };
+        failures.succeeded(address.unwrap_or(unknown));
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

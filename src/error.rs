@@ -142,7 +142,25 @@ impl UpstreamError {
         match self {
             UpstreamError::Timeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError::NoneHealthy => StatusCode::SERVICE_UNAVAILABLE,
+            _ if self.is_local() => StatusCode::SERVICE_UNAVAILABLE,
             _ => StatusCode::BAD_GATEWAY,
         }
     }
+
+    /// A connect that failed before any packet left: wsgate itself was out of file descriptors
+    /// or socket memory. That says nothing of the upstream, so it is no reason to eject it (its
+    /// ejection would outlast the shortage by the cooldown), and the client is told the gateway
+    /// is over its limits (503), not that the app failed (502).
+    pub fn is_local(&self) -> bool {
+        matches!(self, UpstreamError::Connect(e) if out_of_resources(e))
+    }
+}
+
+/// `EMFILE`, `ENFILE`, `ENOBUFS` or `ENOMEM`: this process or host is out of what a socket needs.
+pub fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let errno = Errno::from_io_error(e);
+    [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM]
+        .iter()
+        .any(|local| errno == Some(*local))
 }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info_span, Instrument};
+use tracing::{debug, error, info, info_span, Instrument};
 
 use crate::config::{Listener as ListenerConfig, ListenerKey};
 use crate::error::Error;
@@ -65,19 +65,19 @@ pub async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     stop: CancellationToken,
 ) {
+    let mut failures = AcceptFailures::default();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = bound.listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    error!(listener = %bound.local_addr, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    failures.failed(bound.local_addr, &e).await;
                     continue;
                 }
             },
         };
+        failures.succeeded(bound.local_addr);
         let _ = stream.set_nodelay(true);
         let snapshot = state.current();
         let (tls, proxy_protocol) = snapshot
@@ -100,6 +100,32 @@ pub async fn accept_loop(
         shutdown
             .tasks()
             .spawn(serve_connection(accepted).instrument(span));
+    }
+}
+
+/// Accept failures in a row on one listener. Out of file descriptors, accept fails at once for
+/// as long as the shortage lasts (the waiting connection keeps the listener readable): each
+/// failure backs off instead of spinning, and only the first of a run and the recovery are
+/// logged, not a line every 50 ms.
+#[derive(Default)]
+pub(crate) struct AcceptFailures {
+    run: u64,
+}
+
+impl AcceptFailures {
+    pub(crate) async fn failed(&mut self, listener: SocketAddr, e: &std::io::Error) {
+        if self.run == 0 {
+            error!(%listener, error = %e, "accept failed; retrying every 50 ms");
+        }
+        self.run += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    pub(crate) fn succeeded(&mut self, listener: SocketAddr) {
+        if self.run > 0 {
+            info!(%listener, failures = self.run, "accepting again");
+            self.run = 0;
+        }
     }
 }
 

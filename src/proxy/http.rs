@@ -298,7 +298,7 @@ async fn exchange(
                     // Only a connection that could not be made says the upstream is down; an app
                     // that accepted and then broke off is answered 502 but stays in rotation
                     // (its own bug would otherwise take the whole route out).
-                    if e.is_connect() {
+                    if e.is_connect() && !kind.is_local() {
                         lease.report_failure();
                     }
                     log_failure(route, lease.upstream(), kind);
@@ -676,6 +676,7 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     let mut tls = false;
     let mut user = false;
     let mut io_kind = None;
+    let mut local = None;
     walk(e, &mut |err| {
         if err.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
@@ -685,6 +686,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
         }
         if let Some(io) = err.downcast_ref::<io::Error>() {
             io_kind.get_or_insert(io.kind());
+            if crate::error::out_of_resources(io) {
+                local = io.raw_os_error();
+            }
         }
     });
     let message = chain_text(e);
@@ -694,6 +698,9 @@ fn classify(e: &hyper_util::client::legacy::Error) -> Failure {
     let error = io::Error::new(io_kind.unwrap_or(io::ErrorKind::Other), message);
     Failure::Upstream(if tls {
         UpstreamError::Tls(error)
+    } else if let (true, Some(code)) = (e.is_connect(), local) {
+        // The errno itself, which [`UpstreamError::is_local`] reads.
+        UpstreamError::Connect(io::Error::from_raw_os_error(code))
     } else if e.is_connect() {
         UpstreamError::Connect(error)
     } else {

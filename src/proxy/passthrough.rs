@@ -119,7 +119,7 @@ pub async fn handle(
         Err(e) => {
             // Only a connection that could not be made counts towards ejection: an app that is
             // slow to answer or answers wrongly is reachable, and still gets 502/504 here.
-            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
+            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) && !e.is_local() {
                 lease.report_failure();
             }
             return upstream_failed(ctx, &route.name(), "passthrough", &upstream.url, e);

@@ -69,7 +69,9 @@ impl Checker {
             };
             // The flag is read back each time because passive ejection may have cleared it.
             match outcome {
-                Ok(status) => {
+                // No socket could be opened: no verdict on the upstream either way.
+                Ok(None) => debug!("health probe not sent: out of local resources"),
+                Ok(Some(status)) => {
                     failures = 0;
                     successes = successes.saturating_add(1);
                     if !self.target.is_healthy() && successes >= self.check.healthy_after {
@@ -93,12 +95,15 @@ impl Checker {
         }
     }
 
-    /// One GET; a 2xx or 3xx is healthy (a redirect means the app is up and routing).
-    async fn probe(&self) -> Result<StatusCode, String> {
+    /// One GET; a 2xx or 3xx is healthy (a redirect means the app is up and routing). `None`
+    /// when wsgate itself had no file descriptor for the probe (see [`crate::error::UpstreamError::is_local`]).
+    async fn probe(&self) -> Result<Option<StatusCode>, String> {
         let upstream = &self.target.upstream;
-        let stream = connect::connect(upstream, self.tls.as_ref(), self.check.timeout)
-            .await
-            .map_err(|e| e.to_string())?;
+        let stream = match connect::connect(upstream, self.tls.as_ref(), self.check.timeout).await {
+            Ok(stream) => stream,
+            Err(e) if e.is_local() => return Ok(None),
+            Err(e) => return Err(e.to_string()),
+        };
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| e.to_string())?;
@@ -120,7 +125,7 @@ impl Checker {
         };
         let status = result.map_err(|e| e.to_string())?.status();
         if status.is_success() || status.is_redirection() {
-            Ok(status)
+            Ok(Some(status))
         } else {
             Err(format!("status {status}"))
         }

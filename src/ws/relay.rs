@@ -179,7 +179,7 @@ pub async fn handle(
         Err(e) => {
             // An app that accepted the connection is reachable, however slow or wrong its
             // answer: only failures to connect count towards ejection.
-            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) {
+            if !connected && !matches!(e, UpstreamError::UpgradeRefused(_)) && !e.is_local() {
                 lease.report_failure();
             }
             return upstream_failed(ctx, &route.name(), "relay", &upstream.url, e);
