@@ -75,10 +75,15 @@ pub fn watch_file(path: PathBuf, reloader: Reloader) -> impl std::future::Future
 }
 
 async fn watch_from(path: PathBuf, reloader: Reloader) {
-    let mut last = look_off_worker(&path).await;
+    let mut last = look_off_worker(&path).await.unwrap_or(Look {
+        contents: None,
+        file: None,
+    });
     while !reloader.stopping() {
         tokio::time::sleep(POLL).await;
-        let mut seen = look_off_worker(&path).await;
+        let Some(mut seen) = look_off_worker(&path).await else {
+            continue;
+        };
         if seen.contents == reloader.last_loaded() {
             last = seen;
             continue;
@@ -88,7 +93,9 @@ async fn watch_from(path: PathBuf, reloader: Reloader) {
         let mut since = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(POLL).await;
-            let now = look_off_worker(&path).await;
+            let Some(now) = look_off_worker(&path).await else {
+                continue;
+            };
             if now.contents != seen.contents {
                 quiet = quiet.max(quiet_for(&seen, &now));
                 seen = now;
@@ -124,23 +131,28 @@ fn quiet_for(before: &Look, after: &Look) -> Duration {
     }
 }
 
-async fn look_off_worker(path: &Path) -> Look {
+/// `None` when the file could not be looked at for want of the process's own resources (out of
+/// file descriptors or memory): that says nothing about the file, and taking it for a change
+/// would reload (and fail, and count a failed reload) during the shortage, then reload the
+/// unchanged file after it. A missing or unreadable file is a change: its reload fails and says
+/// why.
+async fn look_off_worker(path: &Path) -> Option<Look> {
     let path = path.to_owned();
     tokio::task::spawn_blocking(move || {
         use std::os::unix::fs::MetadataExt;
         // The identity first: a replacement between the two reads then shows as a change of
         // contents at the next poll, not as a rewrite in place.
         let file = std::fs::metadata(&path).ok().map(|m| (m.dev(), m.ino()));
-        Look {
-            contents: fingerprint(&path),
-            file,
-        }
+        let contents = match read_fingerprint(&path) {
+            Ok(hash) => Some(hash),
+            Err(e) if crate::error::out_of_resources(&e) => return None,
+            Err(_) => None,
+        };
+        Some(Look { contents, file })
     })
     .await
-    .unwrap_or(Look {
-        contents: None,
-        file: None,
-    })
+    .ok()
+    .flatten()
 }
 
 /// Reloads on every SIGHUP. The signal stream is made by the caller before the service is
@@ -160,8 +172,12 @@ pub async fn on_sighup(
 }
 
 fn fingerprint(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
+    read_fingerprint(path).ok()
+}
+
+fn read_fingerprint(path: &Path) -> std::io::Result<u64> {
+    let bytes = std::fs::read(path)?;
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);
-    Some(h.finish())
+    Ok(h.finish())
 }

@@ -206,3 +206,47 @@ async fn an_accept_failure_is_logged_once_per_shortage() {
     assert_eq!(logs.count("accepting again"), 1);
     gw.stop().await;
 }
+
+/// Out of descriptors, the config watcher cannot read its file, which says nothing about the
+/// file. Taken for a change, it gave a reload that failed during the shortage (a false alert,
+/// counted as a failed reload) and, after it, a reload of the unchanged file.
+#[tokio::test]
+async fn the_config_watcher_takes_a_file_it_cannot_read_for_no_change() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    low_file_limit();
+    let dir = TempDir::new("exhaustion-watch");
+    let file = dir.path().join("wsgate.yaml");
+    let yaml = |more: &str| {
+        format!(
+            "listen:\n{}routes:\n  - path: /ws\n    websocket: echo\n{more}",
+            plain_listener()
+        )
+    };
+    std::fs::write(&file, yaml("")).unwrap();
+    let gw = Gateway::start(&yaml("")).await;
+    let watcher = tokio::spawn(wsgate::reload::watch_file(
+        file.clone(),
+        gw.reloader.clone(),
+    ));
+    let held = take_every_fd();
+    // The shortage is the scenario: it outlasts the 2 s a file rewritten in place must hold
+    // (the file is the same inode throughout), so a read that failed was loaded as a change.
+    tokio::time::sleep(std::time::Duration::from_millis(3000)).await;
+    drop(held);
+    std::fs::write(&file, yaml("  - path: /fresh\n    websocket: echo\n")).unwrap();
+    tokio::time::timeout(WAIT, async {
+        while gw.state.generation() < 2 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .expect("the real change was never loaded");
+    let metrics = gw.state.metrics.render(std::iter::empty());
+    assert!(
+        !metrics.contains("wsgate_config_reloads_total{outcome=\"failed\"}"),
+        "a reload failed during the shortage:\n{metrics}"
+    );
+    assert_eq!(gw.state.generation(), 2);
+    watcher.abort();
+    gw.stop().await;
+}
