@@ -545,3 +545,57 @@ fn rust_log_span_directives_work_and_a_bad_rust_log_is_reported() {
     );
     lines.listening();
 }
+
+/// An app that breaks off mid-body is named in a warning, as one whose body stalls is: the
+/// client only sees its connection end, and hyper's line for that names neither app nor route.
+#[test]
+fn an_upstream_body_cut_short_is_a_warning_naming_the_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    // Content-Length 10, five bytes, and the connection closed.
+    let app = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                tokio::spawn(async move {
+                    read_head(&mut s).await;
+                    let cut = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort";
+                    let _ = s.write_all(cut).await;
+                    let _ = s.shutdown().await;
+                    let mut rest = Vec::new();
+                    let _ = s.read_to_end(&mut rest).await;
+                });
+            }
+        });
+        addr
+    });
+    let dir = TempDir::new("cli-body-cut");
+    let file = dir.path().join("cut.yaml");
+    let yaml = format!(
+        "listen:\n  - address: 127.0.0.1:0\nroutes:\n  - path: /app\n    upstreams: [http://{app}]\n"
+    );
+    std::fs::write(&file, yaml).unwrap();
+    let mut child = spawn_logging(&file, &[]);
+    let mut lines = StderrLines::of(&mut child);
+    let addr: std::net::SocketAddr = lines.listening().parse().unwrap();
+
+    let body = rt.block_on(async {
+        let request = b"GET /app HTTP/1.1\r\nHost: gateway.test\r\n\r\n";
+        let (mut s, head) = raw_request(addr, request).await;
+        assert_eq!(status_of(&head), 200, "{head}");
+        read_to_eof(&mut s).await
+    });
+    assert_eq!(
+        body, b"short",
+        "the client's connection ends where the app's did"
+    );
+    let warning = lines.next_matching(|l| l.contains("upstream response body failed"));
+    for field in [
+        " WARN ",
+        "route=/app ",
+        &format!("upstream=\"http://{app}\""),
+    ] {
+        assert!(warning.contains(field), "{field} missing in {warning}");
+    }
+}

@@ -373,11 +373,10 @@ async fn exchange(
 /// exchange, or a passthrough upgrade the app refused): counted against `lease` while it
 /// streams, and cut if it pauses past the route's `response_idle_timeout`.
 pub(crate) fn upstream_body(body: Incoming, lease: Lease, route: &Route) -> Body {
+    let ended = hyper::body::Body::is_end_stream(&body);
     LeasedBody {
-        idle: match hyper::body::Body::is_end_stream(&body) {
-            true => None,
-            false => IdleLimit::new(route),
-        },
+        idle: if ended { None } else { IdleLimit::new(route) },
+        route: (!ended).then(|| route.name().into()),
         inner: body,
         lease: Some(lease),
     }
@@ -741,6 +740,8 @@ struct LeasedBody {
     inner: Incoming,
     lease: Option<Lease>,
     idle: Option<IdleLimit>,
+    /// For the warning when the body fails; none for a body that had ended before it began.
+    route: Option<Arc<str>>,
 }
 
 /// The pause a response body is allowed, and the timer set for the current one. The timer is
@@ -750,8 +751,6 @@ struct IdleLimit {
     limit: Duration,
     timer: Pin<Box<tokio::time::Sleep>>,
     moved: bool,
-    /// For the warning when it runs out; the upstream is the lease's.
-    route: Arc<str>,
 }
 
 impl IdleLimit {
@@ -761,7 +760,6 @@ impl IdleLimit {
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             moved: false,
-            route: route.name().into(),
         })
     }
 
@@ -780,6 +778,18 @@ impl IdleLimit {
 #[error("upstream response body paused longer than {0:?}")]
 struct BodyStalled(Duration);
 
+impl LeasedBody {
+    /// The route and the upstream, for a warning.
+    fn names(&self) -> (&str, &str) {
+        let route = self.route.as_deref().unwrap_or("-");
+        let upstream = self
+            .lease
+            .as_ref()
+            .map_or("-", |l| l.upstream().url.as_str());
+        (route, upstream)
+    }
+}
+
 impl hyper::body::Body for LeasedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -790,20 +800,26 @@ impl hyper::body::Body for LeasedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        // The app broke off mid-body (reset, closed short of its length, bad chunking): the
+        // client only sees its connection end, and hyper's line for that names neither the app
+        // nor the route, so it is named here, as a stall is below.
+        if let Poll::Ready(Some(Err(error))) = &polled {
+            let (route, upstream) = this.names();
+            let error = chain_text(error);
+            warn!(route = %route, upstream, %error, "upstream response body failed; response cut");
+        }
         if let Some(idle) = &mut this.idle {
             match &polled {
                 Poll::Pending if idle.expired(cx) => {
-                    let upstream = this
-                        .lease
-                        .as_ref()
-                        .map_or("-", |l| l.upstream().url.as_str());
+                    let limit = idle.limit;
+                    let (route, upstream) = this.names();
                     warn!(
-                        route = %idle.route,
+                        route = %route,
                         upstream,
-                        limit = ?idle.limit,
+                        ?limit,
                         "upstream response body stalled; response cut"
                     );
-                    let stalled = BodyStalled(idle.limit);
+                    let stalled = BodyStalled(limit);
                     this.idle = None;
                     this.lease = None;
                     return Poll::Ready(Some(Err(Box::new(stalled))));
