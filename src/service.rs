@@ -234,7 +234,10 @@ async fn route(
                 client,
                 started,
             };
-            return relay::handle(ctx, index, req, hs, admitted).await;
+            let unanswered = Unanswered::new(metrics, route);
+            let response = relay::handle(ctx, index, req, hs, admitted).await;
+            unanswered.answered();
+            return response;
         }
         WsMode::Passthrough => {
             let admitted = Admitted {
@@ -242,7 +245,10 @@ async fn route(
                 client,
                 started,
             };
-            return proxy::passthrough::handle(ctx, index, req, admitted).await;
+            let unanswered = Unanswered::new(metrics, route);
+            let response = proxy::passthrough::handle(ctx, index, req, admitted).await;
+            unanswered.answered();
+            return response;
         }
         WsMode::Reject => unreachable!("rejected above"),
     }
@@ -271,6 +277,38 @@ async fn route(
         },
     );
     response
+}
+
+/// Counts a relay or passthrough upgrade as `abandoned` when its handler is dropped before it
+/// answered: hyper drops a request's future when the client's connection fails, and these
+/// upgrades wait on their upstream first. Every answer they give counts its own outcome
+/// (`accepted`, `upstream`), so without this an upgrade the client left mid-way would be in
+/// none, and `wsgate_upgrades_total` would not add up.
+struct Unanswered<'a> {
+    metrics: &'a Metrics,
+    route: Option<&'a crate::config::Route>,
+}
+
+impl<'a> Unanswered<'a> {
+    fn new(metrics: &'a Metrics, route: &'a crate::config::Route) -> Self {
+        Unanswered {
+            metrics,
+            route: Some(route),
+        }
+    }
+
+    fn answered(mut self) {
+        self.route = None;
+    }
+}
+
+impl Drop for Unanswered<'_> {
+    fn drop(&mut self) {
+        if let Some(route) = self.route {
+            debug!(route = %route.name(), "upgrade abandoned while its upstream was reached");
+            self.metrics.upgrade(&route.name(), "abandoned");
+        }
+    }
 }
 
 /// How a session learns it must close with 1001 (shutdown, a draining reload, its age limit).

@@ -406,3 +406,40 @@ async fn status_names_routes_with_quotes_and_backslashes() {
     drop((quote_session, backslash_sessions));
     gw.stop().await;
 }
+
+/// A client that resets its connection while its relay or passthrough upgrade waits on the
+/// app is counted as abandoned too: hyper drops the upgrade's handler then, before it could
+/// count an outcome of its own.
+#[tokio::test]
+async fn an_upgrade_abandoned_while_the_app_is_reached_is_counted_as_such() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // An app that takes the connection and never answers.
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let yaml = format!(
+        "listen:\n{}admin:\n  address: 127.0.0.1:0\nroutes:\n  - path: /relay\n    websocket: relay\n    upstreams: [\"ws://{app_addr}\"]\n  - path: /pass\n    websocket: passthrough\n    upstreams: [\"http://{app_addr}\"]\n",
+        plain_listener()
+    );
+    let gw = Gateway::start(&yaml).await;
+    let admin = gw.admin.expect("admin listener bound");
+    let mut held = Vec::new();
+    for path in ["/relay", "/pass"] {
+        let mut s = tokio::net::TcpStream::connect(gw.addr()).await.unwrap();
+        let request = UPGRADE.replace("GET /ws ", &format!("GET {path} "));
+        s.write_all(format!("{request}\r\n").as_bytes())
+            .await
+            .unwrap();
+        // The gateway is waiting on the app once the app has its upgrade request.
+        let (mut upstream, _) = app.accept().await.unwrap();
+        let mut got = [0u8; 1];
+        upstream.read_exact(&mut got).await.unwrap();
+        held.push(upstream);
+        s.set_zero_linger().unwrap();
+        drop(s);
+        let route = path;
+        let series = format!("wsgate_upgrades_total{{route=\"{route}\",outcome=\"abandoned\"}}");
+        let metrics = get_until(admin, "/metrics", |m| value(m, &series).is_some()).await;
+        assert_eq!(value(&metrics, &series), Some(1.0), "{metrics}");
+    }
+    gw.stop().await;
+}
