@@ -65,6 +65,34 @@ async fn relays_text_binary_and_large_messages() {
     gw.stop().await;
 }
 
+/// The app sees the client's cookies, so the cookies it sets on its 101 reach the client, as
+/// they do in passthrough; its other fields there (its own Accept) stay on its leg.
+#[tokio::test]
+async fn the_apps_cookies_on_its_101_reach_the_client() {
+    let mut app = spawn_raw_app().await;
+    let gw = relay_to(&app.url()).await;
+    let client = spawn_request(gw.addr(), format!("{UPGRADE}\r\n"));
+    let mut up = app.accept().await;
+    answer_upgrade(
+        &mut up,
+        "Set-Cookie: session=xyz; HttpOnly\r\nSet-Cookie: lang=en\r\nX-App: leg\r\n",
+    )
+    .await;
+    let (c, resp) = client.await.unwrap();
+    assert_eq!(status_of(&resp), 101, "{resp}");
+    let cookies: Vec<&str> = resp
+        .split("\r\n")
+        .filter_map(|l| l.split_once(':'))
+        .filter(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.trim())
+        .collect();
+    assert_eq!(cookies, ["session=xyz; HttpOnly", "lang=en"], "{resp}");
+    assert_eq!(head_header(&resp, "x-app"), None, "{resp}");
+    assert!(resp.contains("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="), "{resp}");
+    drop((c, up));
+    gw.stop().await;
+}
+
 #[tokio::test]
 async fn frames_are_forwarded_as_they_come_and_masked_towards_the_app() {
     let mut app = spawn_raw_app().await;

@@ -123,6 +123,9 @@ pub struct UpstreamSocket {
     pub io: Upgraded,
     /// The subprotocol the upstream chose, always one the client offered.
     pub protocol: Option<String>,
+    /// The app's `Set-Cookie` fields on its 101, for the client's 101: the app sees the
+    /// client's cookies (forwarded above), so it may set them too, as it can in passthrough.
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 /// Opens a WebSocket to the upstream in wsgate's own name: a fresh key, the client's offered
@@ -200,10 +203,20 @@ pub async fn open_websocket(
             ))
         }
     };
+    let set_cookies = resp
+        .headers()
+        .get_all(header::SET_COOKIE)
+        .iter()
+        .cloned()
+        .collect();
     let io = hyper::upgrade::on(&mut resp)
         .await
         .map_err(UpstreamError::Http)?;
-    Ok(UpstreamSocket { io, protocol })
+    Ok(UpstreamSocket {
+        io,
+        protocol,
+        set_cookies,
+    })
 }
 
 /// What the upstream is offered of the client's subprotocols: all of them, or, when the route

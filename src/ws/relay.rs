@@ -171,7 +171,7 @@ pub async fn handle(
     })
     .await
     .unwrap_or(Err(UpstreamError::Timeout));
-    let socket = match opened {
+    let mut socket = match opened {
         Ok(socket) => {
             lease.report_success();
             socket
@@ -189,6 +189,11 @@ pub async fn handle(
     let mut response = switching_protocols(&hs.accept, socket.protocol.as_deref())
         .body(empty())
         .expect("valid 101");
+    for cookie in std::mem::take(&mut socket.set_cookies) {
+        response
+            .headers_mut()
+            .append(http::header::SET_COOKIE, cookie);
+    }
     // A client that only ever speaks WebSocket is kept on its upstream as an HTTP one is.
     if let Some(cookie) = upstreams
         .set
