@@ -74,12 +74,17 @@ pub async fn handle(
         resp = with_close(resp);
     }
     // The access log: one line per request (an upgrade's session gets its own line when it ends).
+    let route = resp
+        .extensions()
+        .get::<Routed>()
+        .map_or("-".into(), |r| ctx.snapshot.config.routes[r.0].name());
     info!(
         target: "wsgate::access",
         peer = %ctx.peer,
         client = %client,
         method = %method,
         path = %path,
+        route = %route,
         status = resp.status().as_u16(),
         duration_ms = started.elapsed().as_micros() as f64 / 1000.0,
         "request"
@@ -159,7 +164,7 @@ async fn route(
         }
     };
     let host = request_host(&req);
-    let Some((index, route)) = ctx
+    let Some((index, _)) = ctx
         .snapshot
         .router
         .find(&config.routes, host.as_deref(), &routed)
@@ -172,6 +177,24 @@ async fn route(
             resp
         };
     };
+    let mut resp = on_route(ctx, req, client, index).await;
+    resp.extensions_mut().insert(Routed(index));
+    resp
+}
+
+/// The route that answered a request, for its access line.
+#[derive(Clone, Copy)]
+struct Routed(usize);
+
+/// A request that found its route (`index` in the connection's snapshot).
+async fn on_route(
+    ctx: &Arc<ConnContext>,
+    mut req: Request<Incoming>,
+    client: std::net::IpAddr,
+    index: usize,
+) -> Response<Body> {
+    let config = &ctx.snapshot.config;
+    let route = &config.routes[index];
     if !handshake::wants_websocket(&req) {
         return if route.websocket == WsMode::Reject && route.upstreams.is_empty() {
             // Nothing here is served: a 426 would invite an upgrade that gets 403.

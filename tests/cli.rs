@@ -374,6 +374,12 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
         .unwrap();
         assert_eq!(expect_close(&mut ws).await, 4002);
     });
+    // The upgrade's request line names the route that took it.
+    let upgrade = lines
+        .next_matching(|l| l.contains("\"message\":\"request\"") && l.contains("\"path\":\"/ws\""));
+    for field in ["\"status\":101", "\"route\":\"/ws\""] {
+        assert!(upgrade.contains(field), "{field} missing in {upgrade}");
+    }
     // One access line for the session, with what went through it and who closed it.
     let session = lines.next_matching(|l| l.contains("\"message\":\"session ended\""));
     for field in [
@@ -421,7 +427,12 @@ fn access_log_lines_match_sessions_and_reload_adds_and_removes_listeners() {
     // address it forwarded for.
     let request =
         lines.next_matching(|l| l.contains("\"message\":\"request\"") && l.contains("/healthz"));
-    for field in ["\"status\":200", "\"client\":\"203.0.113.7\""] {
+    // Health is the gateway's own, on no route.
+    for field in [
+        "\"status\":200",
+        "\"client\":\"203.0.113.7\"",
+        "\"route\":\"-\"",
+    ] {
         assert!(request.contains(field), "{field} missing in {request}");
     }
     // Over HTTP/2 too, with the connection's span (peer and listener) as over HTTP/1: hyper
