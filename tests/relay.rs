@@ -1077,3 +1077,34 @@ async fn a_burst_of_pings_gets_every_pong_in_order() {
     }
     gw.stop().await;
 }
+
+/// HTTP/1.0 has no 1xx and no Upgrade: an app's `HTTP/1.0 101` is no switch, in relay or in
+/// passthrough, and the client gets 502 rather than a tunnel to whatever follows.
+#[tokio::test]
+async fn an_http10_101_from_the_app_is_a_502() {
+    let mut app = spawn_raw_app().await;
+    let gw = Gateway::start(&format!(
+        "listen:\n{}routes:\n  - path: /ws\n    websocket: relay\n    upstreams: [\"{}\"]\n  - path: /pass\n    websocket: passthrough\n    upstreams: [\"http://{}\"]\n",
+        plain_listener(),
+        app.url(),
+        app.addr,
+    ))
+    .await;
+    for path in ["/ws", "/pass"] {
+        let request = UPGRADE.replace("GET /ws ", &format!("GET {path} "));
+        let client = spawn_request(gw.addr(), format!("{request}\r\n"));
+        let mut up = app.accept().await;
+        let head = read_head(&mut up).await;
+        let key = head_header(&head, "sec-websocket-key").unwrap();
+        let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+        up.write_all(
+            format!("HTTP/1.0 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let (_c, resp) = client.await.unwrap();
+        assert_eq!(status_of(&resp), 502, "{path}: {resp}");
+    }
+    gw.stop().await;
+}

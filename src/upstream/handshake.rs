@@ -33,6 +33,10 @@ pub fn check_upgrade_response<B>(resp: &Response<B>, expected_accept: &str) -> R
     if resp.status() != StatusCode::SWITCHING_PROTOCOLS {
         return Err(format!("answered {} instead of 101", resp.status()));
     }
+    // HTTP/1.0 has no 1xx and no Upgrade (RFC 9110 7.8): a 101 in it is no switch to trust.
+    if resp.version() != http::Version::HTTP_11 {
+        return Err(format!("answered 101 over {:?}", resp.version()));
+    }
     let headers = resp.headers();
     if !header_has_token(headers, header::UPGRADE, "websocket") {
         return Err("101 without Upgrade: websocket".into());
@@ -268,6 +272,9 @@ mod tests {
         assert!(check_upgrade_response(&response(101, &twice), ACCEPT).is_err());
         let h2c = [("upgrade", "h2c"), good[1], good[2]];
         assert!(check_upgrade_response(&response(101, &h2c), ACCEPT).is_err());
+        let mut http10 = response(101, &good);
+        *http10.version_mut() = http::Version::HTTP_10;
+        assert!(check_upgrade_response(&http10, ACCEPT).is_err());
     }
 
     fn upstream(host: &str, port: u16, tls: bool, base_path: &str) -> Upstream {
