@@ -50,8 +50,9 @@ pub async fn serve(
     if let Some(address) = address {
         info!(%address, "admin listening");
     }
-    let mut failures = crate::listener::AcceptFailures::default();
-    let unknown = std::net::SocketAddr::from(([0, 0, 0, 0], 0));
+    let mut failures = crate::listener::AcceptFailures::new(
+        address.unwrap_or_else(|| std::net::SocketAddr::from(([0, 0, 0, 0], 0))),
+    );
     loop {
         let accepted = tokio::select! {
             _ = stop.cancelled() => break,
@@ -60,11 +61,11 @@ pub async fn serve(
         let stream = match accepted {
             Ok((stream, _)) => stream,
             Err(e) => {
-                failures.failed(address.unwrap_or(unknown), &e).await;
+                failures.failed(&e).await;
                 continue;
             }
         };
-        failures.succeeded(address.unwrap_or(unknown));
+        failures.succeeded();
         let state = state.clone();
         let shutdown = shutdown.clone();
         tokio::spawn(async move {

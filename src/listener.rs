@@ -65,19 +65,19 @@ pub async fn accept_loop(
     graceful: Arc<GracefulShutdown>,
     stop: CancellationToken,
 ) {
-    let mut failures = AcceptFailures::default();
+    let mut failures = AcceptFailures::new(bound.local_addr);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = bound.listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
-                    failures.failed(bound.local_addr, &e).await;
+                    failures.failed(&e).await;
                     continue;
                 }
             },
         };
-        failures.succeeded(bound.local_addr);
+        failures.succeeded();
         let _ = stream.set_nodelay(true);
         let snapshot = state.current();
         let (tls, proxy_protocol) = snapshot
@@ -107,23 +107,27 @@ pub async fn accept_loop(
 /// as long as the shortage lasts (the waiting connection keeps the listener readable): each
 /// failure backs off instead of spinning, and only the first of a run and the recovery are
 /// logged, not a line every 50 ms.
-#[derive(Default)]
 pub(crate) struct AcceptFailures {
+    listener: SocketAddr,
     run: u64,
 }
 
 impl AcceptFailures {
-    pub(crate) async fn failed(&mut self, listener: SocketAddr, e: &std::io::Error) {
+    pub(crate) fn new(listener: SocketAddr) -> Self {
+        AcceptFailures { listener, run: 0 }
+    }
+
+    pub(crate) async fn failed(&mut self, e: &std::io::Error) {
         if self.run == 0 {
-            error!(%listener, error = %e, "accept failed; retrying every 50 ms");
+            error!(listener = %self.listener, error = %e, "accept failed; retrying every 50 ms");
         }
         self.run += 1;
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
-    pub(crate) fn succeeded(&mut self, listener: SocketAddr) {
+    pub(crate) fn succeeded(&mut self) {
         if self.run > 0 {
-            info!(%listener, failures = self.run, "accepting again");
+            info!(listener = %self.listener, failures = self.run, "accepting again");
             self.run = 0;
         }
     }

@@ -189,7 +189,7 @@ struct Routed(usize);
 /// A request that found its route (`index` in the connection's snapshot).
 async fn on_route(
     ctx: &Arc<ConnContext>,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
     client: std::net::IpAddr,
     index: usize,
 ) -> Response<Body> {
@@ -249,42 +249,38 @@ async fn on_route(
             return with_close(text(status, why));
         }
     };
-    match route.websocket {
-        WsMode::Echo => {}
-        WsMode::Relay => {
-            let admitted = Admitted {
-                permit,
-                client,
-                started,
-            };
-            let unanswered = Unanswered::new(metrics, route);
-            let response = relay::handle(ctx, index, req, hs, admitted).await;
-            unanswered.answered();
-            return response;
-        }
-        WsMode::Passthrough => {
-            let admitted = Admitted {
-                permit,
-                client,
-                started,
-            };
-            let unanswered = Unanswered::new(metrics, route);
-            let response = proxy::passthrough::handle(ctx, index, req, admitted).await;
-            unanswered.answered();
-            return response;
-        }
-        WsMode::Reject => unreachable!("rejected above"),
-    }
-    let protocol = handshake::select_protocol(&hs.offered_protocols, &route.subprotocols);
-    let response = handshake::switching_protocols(&hs.accept, protocol)
-        .body(empty())
-        .expect("valid 101");
-    let on_upgrade = hyper::upgrade::on(&mut req);
     let admitted = Admitted {
         permit,
         client,
         started,
     };
+    // Relay and passthrough reach their upstream before they answer; if the client leaves
+    // meanwhile, hyper drops this future there, and the guard counts the upgrade.
+    let unanswered = Unanswered::new(metrics, route);
+    let response = match route.websocket {
+        WsMode::Echo => echo_upgrade(ctx, index, req, &hs, admitted),
+        WsMode::Relay => relay::handle(ctx, index, req, hs, admitted).await,
+        WsMode::Passthrough => proxy::passthrough::handle(ctx, index, req, admitted).await,
+        WsMode::Reject => unreachable!("rejected above"),
+    };
+    unanswered.answered();
+    response
+}
+
+/// Answers an echo route's upgrade at once, and starts its session.
+fn echo_upgrade(
+    ctx: &Arc<ConnContext>,
+    index: usize,
+    mut req: Request<Incoming>,
+    hs: &handshake::Handshake,
+    admitted: Admitted,
+) -> Response<Body> {
+    let route = &ctx.snapshot.config.routes[index];
+    let protocol = handshake::select_protocol(&hs.offered_protocols, &route.subprotocols);
+    let response = handshake::switching_protocols(&hs.accept, protocol)
+        .body(empty())
+        .expect("valid 101");
+    let on_upgrade = hyper::upgrade::on(&mut req);
     spawn_session(
         ctx,
         index,
@@ -302,9 +298,9 @@ async fn on_route(
     response
 }
 
-/// Counts a relay or passthrough upgrade as `abandoned` when its handler is dropped before it
-/// answered: hyper drops a request's future when the client's connection fails, and these
-/// upgrades wait on their upstream first. Every answer they give counts its own outcome
+/// Counts an upgrade as `abandoned` when its handler is dropped before it answered: hyper drops
+/// a request's future when the client's connection fails, and relay and passthrough upgrades
+/// wait on their upstream first (echo answers at once). Every answer they give counts its own outcome
 /// (`accepted`, `upstream`), so without this an upgrade the client left mid-way would be in
 /// none, and `wsgate_upgrades_total` would not add up.
 struct Unanswered<'a> {

@@ -153,9 +153,10 @@ impl CloseRequest {
 }
 
 /// When a session must close with 1001: its route's token is cancelled (by shutdown, which
-/// cancels `shutdown` too, or by a drain on reload), then a random delay within `spread` passes so that thousands of clients do not
-/// reconnect in the same instant; or it reaches `max_age` (plus up to 10% jitter, for the same
-/// reason). Pinned once per session and polled in its `select!`, so it costs nothing per message.
+/// cancels `shutdown` too, or by a drain on reload), then a random delay within `spread`
+/// passes so that thousands of clients do not reconnect in the same instant; or it reaches
+/// `max_age` (plus up to 10% jitter, for the same reason). Pinned once per session and polled
+/// in its `select!`, so it costs nothing per message.
 pub async fn close_requested(
     token: tokio_util::sync::CancellationToken,
     shutdown: tokio_util::sync::CancellationToken,
